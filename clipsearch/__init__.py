@@ -1,0 +1,7 @@
+"""clipsearch: the library shared by the encoder, indexer, gateway and training.
+
+- `checkpoint`: load a CLIP checkpoint (safetensors only) and fingerprint its weights.
+- `preprocess`: the one path from image or sketch bytes to model input.
+- `embedder`: L2-normalised text and image embeddings from a loaded model.
+- `v1`: generated gRPC code for the `clipsearch.v1` contracts (scripts/gen_protos.py).
+"""

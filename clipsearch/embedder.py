@@ -1,0 +1,91 @@
+"""L2-normalised text and image embeddings from a CLIP-style model.
+
+One implementation for the encoder service, evaluation and benchmarks; training
+calls it on the model it is training, so what is evaluated is what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from clipsearch.checkpoint import LoadedCheckpoint, max_text_tokens
+from clipsearch.preprocess import pixel_values
+
+
+class TextInputError(ValueError):
+    """A text cannot be embedded (empty or longer than the model takes)."""
+
+
+class Embedder:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        device: torch.device | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = device or next(model.parameters()).device
+        self.max_text_tokens = max_text_tokens(model, tokenizer)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: LoadedCheckpoint) -> Embedder:
+        return cls(checkpoint.model, checkpoint.tokenizer, checkpoint.image_processor, checkpoint.device)
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """Raise TextInputError for the first text that cannot be embedded."""
+        lengths = self.token_counts(texts)
+        for position, (text, length) in enumerate(zip(texts, lengths, strict=True)):
+            if not text.strip():
+                raise TextInputError(f"text {position} is empty")
+            if length > self.max_text_tokens:
+                raise TextInputError(
+                    f"text {position} is {length} tokens; this model takes at most {self.max_text_tokens}"
+                )
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+        )
+        return {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, unit rows."""
+        features = text_features(self.model, self.tokenize(texts))
+        return _unit_rows(features)
+
+    @torch.inference_mode()
+    def embed_pixel_values(self, values: torch.Tensor) -> np.ndarray:
+        dtype = next(self.model.parameters()).dtype
+        return _unit_rows(image_features(self.model, values.to(self.device, dtype)))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded RGB images (already sketch-normalised where needed) to (n, dim) unit rows."""
+        return self.embed_pixel_values(pixel_values(images, self.image_processor))
+
+
+def text_features(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Projected, unnormalised text features (differentiable: training uses it too)."""
+    return model.get_text_features(**batch).pooler_output
+
+
+def image_features(model: Any, values: torch.Tensor) -> torch.Tensor:
+    """Projected, unnormalised image features (differentiable: training uses it too)."""
+    return model.get_image_features(pixel_values=values).pooler_output
+
+
+def _unit_rows(features: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()

@@ -1,0 +1,149 @@
+"""Async client for the encoder service, used by the indexer and the gateway.
+
+Every call has a deadline; UNAVAILABLE is retried with backoff, INVALID_ARGUMENT
+becomes EncoderInputError (the caller's fault), anything else EncoderUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
+
+T = TypeVar("T")
+
+# Big enough for a batch of full-size photos; the server sets its own cap.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+API_KEY_HEADER = "x-api-key"
+
+
+class EncoderError(RuntimeError):
+    pass
+
+
+class EncoderInputError(EncoderError):
+    """The encoder rejected the input (INVALID_ARGUMENT); the message says why."""
+
+
+class EncoderUnavailable(EncoderError):
+    """The encoder could not be reached or failed; try again later."""
+
+
+def embeddings_to_array(embeddings: Sequence[encoder_pb2.Embedding]) -> np.ndarray:
+    if not embeddings:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.asarray([list(e.values) for e in embeddings], dtype=np.float32)
+
+
+class EncoderClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        api_key: str | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._metadata = ((API_KEY_HEADER, api_key),) if api_key else None
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Several encoder replicas behind one DNS name share the load.
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self._stub = encoder_pb2_grpc.EncoderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> EncoderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise EncoderInputError(exc.details() or "invalid input") from None
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise EncoderUnavailable(f"encoder at {self.target}: {code.name}: {exc.details()}") from None
+        raise AssertionError("unreachable")
+
+    async def serving(self) -> bool:
+        """True when the encoder's health service says SERVING."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=min(self.timeout_s, 2.0)
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def model_info(self) -> encoder_pb2.ModelInfo:
+        return await self._call(
+            lambda: self._stub.GetModelInfo(
+                encoder_pb2.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self._metadata
+            )
+        )
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        reply = await self._call(
+            lambda: self._stub.EmbedText(
+                encoder_pb2.EmbedTextRequest(texts=list(texts)),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
+            )
+        )
+        return embeddings_to_array(reply.embeddings)
+
+    async def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        reply = await self._call(
+            lambda: self._stub.EmbedImages(
+                encoder_pb2.EmbedImagesRequest(images=list(images)),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
+            )
+        )
+        return embeddings_to_array(reply.embeddings)
+
+    async def embed_sketches(self, sketches: Sequence[bytes]) -> np.ndarray:
+        reply = await self._call(
+            lambda: self._stub.EmbedSketches(
+                encoder_pb2.EmbedSketchesRequest(sketches=list(sketches)),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
+            )
+        )
+        return embeddings_to_array(reply.embeddings)
+
+    def stream_embed_images(
+        self, batches: AsyncIterator[encoder_pb2.ImageBatch], timeout_s: float | None = None
+    ) -> grpc.aio.StreamStreamCall:
+        """Bulk embedding: one ImageBatchResult per ImageBatch, in order; per-item errors inline.
+
+        The caller owns retries of a broken stream (it knows which batches were answered).
+        """
+        return self._stub.StreamEmbedImages(batches, timeout=timeout_s, metadata=self._metadata)

@@ -1,0 +1,187 @@
+"""Image and sketch preprocessing: the one path from bytes to model input.
+
+The encoder service, training and evaluation all call this module, so an image
+is turned into pixels the same way wherever it is embedded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+# A 40-megapixel image is already far more than a CLIP model can use; refusing
+# larger ones before decoding keeps a hostile upload from eating the memory.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+MNIST_SIZE = 28
+MNIST_BOX = 20  # MNIST digits were scaled so the longer side is 20 px
+MNIST_STROKE_PX = 2.5  # typical stroke width of an MNIST digit, in 28x28 pixels
+_WORK_BOX = 160  # sketches are brought to at most this size before stroke filtering
+
+
+class ImageInputError(ValueError):
+    """The caller's image or sketch cannot be used; the message says why."""
+
+
+class SketchNormalization(StrEnum):
+    """How a canvas drawing is brought into the domain the model was trained on."""
+
+    NONE = "none"  # use the drawing as an ordinary image, black on white
+    MNIST = "mnist"  # white on black, cropped, 20 px box, centred by mass in 28x28
+
+
+class ImageProcessor(Protocol):
+    """The part of a Hugging Face image processor this module uses."""
+
+    def __call__(self, images: list[Image.Image], return_tensors: str) -> dict[str, torch.Tensor]: ...
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode PNG/JPEG/WebP/GIF/BMP bytes into an upright RGB image on white.
+
+    EXIF orientation is applied, transparency is composited onto white, and
+    animated images give their first frame. Raises ImageInputError with a
+    message fit for the caller on anything that is not a usable image.
+    """
+    if not data:
+        raise ImageInputError("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image: Image.Image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ImageInputError(f"image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageInputError(
+                    f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+                )
+            image.seek(0)  # first frame of an animation
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageInputError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageInputError(
+            "not a recognised image format (expected PNG, JPEG, WebP, GIF or BMP)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageInputError(f"image rejected as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise ImageInputError(f"image could not be decoded: {exc}") from None
+    return to_rgb_on_white(image)
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparent pixels become white."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+        image = _high_depth_to_l(image)
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        scaled = array / 257.0
+    else:
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(np.nan_to_num(scaled).clip(0, 255).astype(np.uint8), mode="L")
+
+
+def normalize_sketch(drawing: Image.Image, mode: SketchNormalization) -> Image.Image:
+    """Bring a decoded canvas drawing (RGB, any size) into the model's domain.
+
+    Dark strokes on a light background and light strokes on a dark one are both
+    accepted; the background is told from the border of the drawing.
+    """
+    if mode is SketchNormalization.NONE:
+        return drawing.convert("RGB")
+    if mode is SketchNormalization.MNIST:
+        return _mnist_normalize(drawing)
+    raise ValueError(f"unknown sketch normalisation {mode!r}")
+
+
+def _ink(drawing: Image.Image) -> np.ndarray:
+    """Ink intensity in 0..255 (strokes high, background 0), whatever the polarity."""
+    gray = np.asarray(drawing.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    ink = gray if float(np.median(border)) < 128 else 255.0 - gray
+    background = float(np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])))
+    return np.clip(ink - background, 0, 255)
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary mask: area over half the boundary length."""
+    area = float(mask.sum())
+    padded = np.pad(mask, 1)
+    interior = (
+        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    )
+    boundary = max(area - float(interior.sum()), 1.0)
+    return max(2.0 * area / boundary, 1.0)
+
+
+def _mnist_normalize(drawing: Image.Image) -> Image.Image:
+    # As MNIST itself was made: white on black, cropped to the ink, longer side
+    # scaled to 20 px with anti-aliasing, centred by centre of mass in 28x28.
+    ink = _ink(drawing)
+    peak = float(ink.max())
+    if peak < 16:
+        raise ImageInputError("sketch is empty: no strokes found")
+    rows, cols = np.nonzero(ink > peak * 0.25)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = Image.fromarray((ink[top:bottom, left:right] * (255.0 / peak)).astype(np.uint8), mode="L")
+    if max(crop.size) > _WORK_BOX:  # bound the cost of the stroke filters below
+        crop = ImageOps.contain(crop, (_WORK_BOX, _WORK_BOX), Image.Resampling.BOX)
+    # Thin or thick pens end up with MNIST-like strokes: widen or thin the
+    # strokes before scaling down, so a 3 px pen on a phone still reads.
+    scale = MNIST_BOX / max(crop.size)
+    width = _stroke_width(np.asarray(crop) > 64)
+    radius = round((MNIST_STROKE_PX / scale - width) / 2)
+    if radius > 0:
+        crop = ImageOps.expand(crop, border=radius, fill=0).filter(ImageFilter.MaxFilter(2 * radius + 1))
+    elif width * scale > 2 * MNIST_STROKE_PX:
+        crop = crop.filter(ImageFilter.MinFilter(2 * min(-radius, 8) + 1))
+    scale = MNIST_BOX / max(crop.size)
+    new_size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    small = np.asarray(crop.resize(new_size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
+    if small.max() <= 0:
+        raise ImageInputError("sketch is empty: no strokes found")
+    small *= 255.0 / small.max()
+    ys, xs = np.indices(small.shape)
+    total = float(small.sum())
+    cy, cx = float((ys * small).sum() / total), float((xs * small).sum() / total)
+    canvas = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    top_px = int(np.clip(round(MNIST_SIZE / 2 - cy), 0, MNIST_SIZE - small.shape[0]))
+    left_px = int(np.clip(round(MNIST_SIZE / 2 - cx), 0, MNIST_SIZE - small.shape[1]))
+    canvas[top_px : top_px + small.shape[0], left_px : left_px + small.shape[1]] = small
+    return Image.fromarray(canvas.astype(np.uint8), mode="L").convert("RGB")
+
+
+def decode_sketch(
+    data: bytes, mode: SketchNormalization, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Sketch bytes (a canvas PNG, transparent or on white) to a model-domain RGB image."""
+    return normalize_sketch(decode_image(data, max_pixels=max_pixels), mode)
+
+
+def pixel_values(images: Sequence[Image.Image], processor: ImageProcessor) -> torch.Tensor:
+    """RGB images to the model's input tensor via the checkpoint's (PIL) image processor."""
+    if not images:
+        raise ValueError("no images")
+    return processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny real checkpoints saved with save_pretrained, and data locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from training.models import build_compact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIPModel checkpoint (tokenizer, image processor, sidecar) on disk."""
+    directory = tmp_path_factory.mktemp("ckpt") / "tiny-clip"
+    build_compact("tiny", seed=0).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def other_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same architecture, other weights: a different fingerprint."""
+    directory = tmp_path_factory.mktemp("ckpt") / "tiny-clip-other"
+    build_compact("tiny", seed=1).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST idx files (MNIST_DIR; CI points it at ../shared/data/mnist)."""
+    configured = os.environ.get("MNIST_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "mnist"
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST idx files not found in {path} (set MNIST_DIR)")
+    return path

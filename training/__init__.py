@@ -1,0 +1,1 @@
+"""Training and evaluation of clipsearch models (`python -m training ...`)."""
