@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def mnist_dir() -> Path:
     if not (path / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST idx files not found in {path} (set MNIST_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
+    """A real encoder gRPC server on a loopback port, serving the tiny checkpoint: "127.0.0.1:PORT"."""
+    from services.encoder.server import serve_in_thread
+    from services.encoder.settings import EncoderSettings
+
+    settings = EncoderSettings(checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0, metrics_port=0)
+    with serve_in_thread(settings) as running:
+        yield f"127.0.0.1:{running.port}"
