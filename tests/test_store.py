@@ -1,0 +1,192 @@
+"""The Qdrant store over the embedded (local path) backend: filters, named vectors, versions, alias."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.store import (
+    CAPTION_VECTOR,
+    IMAGE_VECTOR,
+    FilterError,
+    Point,
+    QdrantStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+    to_qdrant_filter,
+)
+
+DIM = 8
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def make_points(n: int, *, captions: bool = False) -> list[Point]:
+    points = []
+    for i in range(n):
+        vectors = {IMAGE_VECTOR: unit(i)}
+        if captions:
+            vectors[CAPTION_VECTOR] = unit(1000 + i)
+        points.append(
+            Point(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"test#{i}")),
+                vectors=vectors,
+                payload={"label": i % 3, "split": "test" if i % 2 else "train", "index": i},
+            )
+        )
+    return points
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[QdrantStore]:
+    opened = open_store(None, tmp_path / "qdrant")
+    yield opened
+    opened.close()
+
+
+def build(
+    store: QdrantStore, alias: str, points: list[Point], *, fingerprint: str = "fp1", keep: int = 2
+) -> str:
+    names = sorted(points[0].vectors)
+    name = store.create_version(alias, dim=DIM, fingerprint=fingerprint, vector_names=names, source="src")
+    store.upsert(name, points)
+    store.finish_version(alias, name, keep=keep)
+    return name
+
+
+def test_search_finds_the_exact_vector_with_cosine_score(store: QdrantStore) -> None:
+    points = make_points(20)
+    build(store, "digits", points)
+    hits = store.search("digits", points[5].vectors[IMAGE_VECTOR], k=3)
+    assert hits[0].id == points[5].id
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].payload["index"] == 5
+    assert len(hits) == 3
+
+
+def test_filters_by_value_and_by_any_of_a_list(store: QdrantStore) -> None:
+    build(store, "digits", make_points(30))
+    query = unit(99)
+    labels = {h.payload["label"] for h in store.search("digits", query, k=30, filter={"label": 2})}
+    assert labels == {2}
+    labels = {h.payload["label"] for h in store.search("digits", query, k=30, filter={"label": [0, 2]})}
+    assert labels == {0, 2}
+    splits = {h.payload["split"] for h in store.search("digits", query, k=30, filter={"split": "test"})}
+    assert splits == {"test"}
+
+
+def test_bad_filters_are_rejected_before_the_store(store: QdrantStore) -> None:
+    with pytest.raises(FilterError, match="unknown filter field"):
+        to_qdrant_filter({"colour": "red"})
+    with pytest.raises(FilterError, match="int"):
+        store.search("digits", unit(0), filter={"label": "seven"})
+
+
+def test_offset_pages_through_results(store: QdrantStore) -> None:
+    build(store, "digits", make_points(10))
+    query = unit(50)
+    first = [h.id for h in store.search("digits", query, k=4)]
+    second = [h.id for h in store.search("digits", query, k=4, offset=4)]
+    assert not set(first) & set(second)
+    assert first + second == [h.id for h in store.search("digits", query, k=8)]
+
+
+def test_caption_vectors_are_searched_by_name(store: QdrantStore) -> None:
+    points = make_points(10, captions=True)
+    build(store, "captioned", points)
+    hit = store.search("captioned", points[3].vectors[CAPTION_VECTOR], using=CAPTION_VECTOR, k=1)[0]
+    assert hit.id == points[3].id
+    info = store.collection_info("captioned")
+    assert info is not None
+    assert info.vector_names == [CAPTION_VECTOR, IMAGE_VECTOR]
+
+
+def test_collection_info_describes_the_live_version(store: QdrantStore) -> None:
+    assert store.collection_info("digits") is None
+    name = build(store, "digits", make_points(12), fingerprint="abc")
+    info = store.collection_info("digits")
+    assert info is not None
+    assert (info.name, info.alias, info.fingerprint, info.dim, info.count, info.complete) == (
+        name,
+        "digits",
+        "abc",
+        DIM,
+        12,
+        True,
+    )
+    assert info.extra["source"] == "src"
+    by_name = store.collection_info(name)
+    assert by_name is not None
+    assert by_name.alias == "digits"
+
+
+def test_new_version_swaps_the_alias_and_keeps_only_n(store: QdrantStore) -> None:
+    first = build(store, "digits", make_points(5), keep=2)
+    second = build(store, "digits", make_points(7), keep=2)
+    third = build(store, "digits", make_points(9), keep=2)
+    names = [v.name for v in store.versions("digits")]
+    assert names == [third, second]
+    assert first not in names
+    info = store.collection_info("digits")
+    assert info is not None
+    assert (info.name, info.count) == (third, 9)
+
+
+def test_pending_version_is_found_for_the_same_model_and_source_only(store: QdrantStore) -> None:
+    pending = store.create_version(
+        "digits", dim=DIM, fingerprint="fp1", vector_names=[IMAGE_VECTOR], source="src"
+    )
+    store.upsert(pending, make_points(3))
+    assert store.pending_version("digits", fingerprint="fp1", source="src") == pending
+    assert store.pending_version("digits", fingerprint="fp2", source="src") is None
+    assert store.pending_version("digits", fingerprint="fp1", source="other") is None
+    # Unfinished: readers never see it through the alias.
+    assert store.collection_info("digits") is None
+
+
+def test_ids_delete_and_count(store: QdrantStore) -> None:
+    points = make_points(15)
+    name = build(store, "digits", points)
+    assert store.ids(name) == {p.id for p in points}
+    store.delete(name, [points[0].id, points[1].id])
+    assert store.count(name) == 13
+    store.upsert(name, points[2:5])  # same ids: replaced, not duplicated
+    assert store.count(name) == 13
+
+
+def test_versions_and_alias_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    first = open_store(None, path)
+    name = build(first, "digits", make_points(6), fingerprint="persisted")
+    first.close()
+    reopened = open_store(None, path)
+    try:
+        info = reopened.collection_info("digits")
+        assert info is not None
+        assert (info.name, info.fingerprint, info.count, info.complete) == (name, "persisted", 6, True)
+    finally:
+        reopened.close()
+
+
+def test_a_locked_embedded_store_says_who_to_blame(store: QdrantStore, tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="in use by another process"):
+        open_store(None, tmp_path / "qdrant")
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    remote = open_store("http://127.0.0.1:9", None)
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        remote.ping()
+
+
+def test_bad_collection_names_are_refused(store: QdrantStore) -> None:
+    with pytest.raises(StoreError, match="collection name"):
+        store.create_version("../x", dim=DIM, fingerprint="f", vector_names=[IMAGE_VECTOR], source="s")
