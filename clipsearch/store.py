@@ -153,11 +153,6 @@ class VectorStore(Protocol):
 
     def close(self) -> None: ...
 
-    # --- shared ---
-    def versions(self, alias: str) -> list[CollectionInfo]:
-        """Every physical version of `alias`, newest first."""
-        ...
-
 
 # ---------------------------------------------------------------------------
 # Qdrant (qdrant-client): a server by URL, or the embedded local mode by path.
