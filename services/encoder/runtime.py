@@ -1,0 +1,111 @@
+"""The loaded model and the machinery around it: preprocessing pool, inference thread, batchers.
+
+Everything CPU-heavy runs off the event loop: decoding and preprocessing on a
+small thread pool, tokenizer and model on one dedicated inference thread (one
+thread also keeps the fast tokenizer from being used concurrently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
+from clipsearch.embedder import Embedder, TextInputError
+from clipsearch.preprocess import ImageInputError, decode_image, decode_sketch, pixel_values
+from services.encoder.batching import BatchFn, Item, MicroBatcher
+from services.encoder.metrics import EncoderMetrics
+from services.encoder.settings import EncoderSettings
+
+
+class InputError(ValueError):
+    """The caller's input cannot be embedded; the message names the item."""
+
+
+class EncoderRuntime:
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, settings: EncoderSettings, metrics: EncoderMetrics
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.embedder = Embedder.from_checkpoint(checkpoint)
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-inference")
+        self._preprocess = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
+        )
+        self.texts: MicroBatcher[str] = self._batcher(self.embedder.embed_texts, metrics, "text")
+        self.images: MicroBatcher[torch.Tensor] = self._batcher(self._embed_pixel_rows, metrics, "image")
+
+    def _batcher(self, batch_fn: BatchFn[Item], metrics: EncoderMetrics, kind: str) -> MicroBatcher[Item]:
+        return MicroBatcher(
+            batch_fn,
+            self._inference,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            enabled=self.settings.batching,
+            on_batch=metrics.batch_size.labels(kind=kind).observe,
+        )
+
+    @classmethod
+    def load(cls, settings: EncoderSettings, metrics: EncoderMetrics) -> EncoderRuntime:
+        """Blocking: load the checkpoint (CheckpointError names what is wrong)."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        checkpoint = load_checkpoint(settings.checkpoint, device=settings.device, dtype=settings.dtype)
+        return cls(checkpoint, settings, metrics)
+
+    def start(self) -> None:
+        self.texts.start()
+        self.images.start()
+
+    async def close(self) -> None:
+        await self.texts.close()
+        await self.images.close()
+        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._preprocess.shutdown(wait=True, cancel_futures=True)
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._inference, self.embedder.check_texts, list(texts))
+        except TextInputError as exc:
+            raise InputError(str(exc)) from None
+        return await self.texts.submit(list(texts))
+
+    async def prepare(self, datas: Sequence[bytes], *, sketch: bool) -> list[torch.Tensor | InputError]:
+        """Decode and preprocess each item on the pool: a (1, 3, H, W) tensor or the item's error."""
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch)
+            for position, data in enumerate(datas)
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    async def embed_pixels(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
+        return await self.images.submit(list(rows))
+
+    def _prepare_one(self, position: int, data: bytes, sketch: bool) -> torch.Tensor | InputError:
+        kind = "sketch" if sketch else "image"
+        if not data:
+            return InputError(f"{kind} {position} is empty (0 bytes)")
+        if len(data) > self.settings.max_image_bytes:
+            return InputError(
+                f"{kind} {position} is {len(data):,} bytes; the limit is {self.settings.max_image_bytes:,}"
+            )
+        try:
+            if sketch:
+                image = decode_sketch(
+                    data, self.checkpoint.meta.sketch_normalization, max_pixels=self.settings.max_pixels
+                )
+            else:
+                image = decode_image(data, max_pixels=self.settings.max_pixels)
+        except ImageInputError as exc:
+            return InputError(f"{kind} {position}: {exc}")
+        return pixel_values([image], self.embedder.image_processor)
+
+    def _embed_pixel_rows(self, rows: list[torch.Tensor]) -> np.ndarray:
+        return self.embedder.embed_pixel_values(torch.cat(rows))

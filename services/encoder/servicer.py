@@ -1,0 +1,218 @@
+"""The clipsearch.v1.Encoder gRPC methods: validation, status codes, metrics, messages.
+
+Caller mistakes become INVALID_ARGUMENT with a message naming the item;
+calls before the model is loaded get UNAVAILABLE; only our own faults are INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
+from services.encoder.metrics import EncoderMetrics
+from services.encoder.runtime import EncoderRuntime, InputError
+from services.encoder.settings import EncoderSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+if TYPE_CHECKING:  # generic in the stubs only
+    Context = grpc.aio.ServicerContext[Any, Any]
+# Stream batches decoded and embedded ahead of the one being answered.
+STREAM_BATCHES_IN_FLIGHT = 4
+
+
+class ModelNotReady(RuntimeError):
+    pass
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    def __init__(self, settings: EncoderSettings, metrics: EncoderMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.runtime: EncoderRuntime | None = None  # set once the model is loaded
+
+    async def EmbedText(
+        self, request: encoder_pb2.EmbedTextRequest, context: Context
+    ) -> encoder_pb2.EmbedResponse:
+        async def work(runtime: EncoderRuntime) -> encoder_pb2.EmbedResponse:
+            texts = list(request.texts)
+            self._check_count(len(texts), "texts")
+            rows = await runtime.embed_texts(texts)
+            self.metrics.items.labels(kind="text").inc(len(texts))
+            return self._response(runtime, rows)
+
+        return await self._unary("EmbedText", context, work)
+
+    async def EmbedImages(
+        self, request: encoder_pb2.EmbedImagesRequest, context: Context
+    ) -> encoder_pb2.EmbedResponse:
+        return await self._unary(
+            "EmbedImages",
+            context,
+            lambda runtime: self._embed_all(runtime, list(request.images), sketch=False),
+        )
+
+    async def EmbedSketches(
+        self, request: encoder_pb2.EmbedSketchesRequest, context: Context
+    ) -> encoder_pb2.EmbedResponse:
+        return await self._unary(
+            "EmbedSketches",
+            context,
+            lambda runtime: self._embed_all(runtime, list(request.sketches), sketch=True),
+        )
+
+    async def GetModelInfo(
+        self, request: encoder_pb2.GetModelInfoRequest, context: Context
+    ) -> encoder_pb2.ModelInfo:
+        async def work(runtime: EncoderRuntime) -> encoder_pb2.ModelInfo:
+            checkpoint = runtime.checkpoint
+            return encoder_pb2.ModelInfo(
+                model_name=checkpoint.name,
+                fingerprint=checkpoint.fingerprint,
+                embedding_dim=checkpoint.embedding_dim,
+                image_size=checkpoint.image_size,
+                dtype=str(checkpoint.dtype).removeprefix("torch."),
+                device=str(checkpoint.device),
+                sketch_normalization=checkpoint.meta.sketch_normalization.value,
+                logit_scale=checkpoint.logit_scale,
+                max_text_tokens=checkpoint.max_text_tokens,
+                max_batch_items=self.settings.max_items_per_request,
+                architecture=checkpoint.architecture,
+            )
+
+        return await self._unary("GetModelInfo", context, work)
+
+    async def StreamEmbedImages(
+        self, request_iterator: AsyncIterable[encoder_pb2.ImageBatch], context: Context
+    ) -> AsyncIterator[encoder_pb2.ImageBatchResult]:
+        started, code, details = time.perf_counter(), grpc.StatusCode.OK, ""
+        try:
+            runtime = self._ready()
+            # The reader starts work on each batch as it arrives; answers go out in order.
+            in_flight: asyncio.Queue[asyncio.Task[encoder_pb2.ImageBatchResult] | None] = asyncio.Queue(
+                maxsize=STREAM_BATCHES_IN_FLIGHT
+            )
+            reader = asyncio.create_task(self._read_stream(runtime, request_iterator, in_flight))
+            try:
+                while (task := await in_flight.get()) is not None:
+                    yield await task
+                await reader  # raises what stopped the reader, if anything
+            finally:
+                reader.cancel()
+                while not in_flight.empty():
+                    if (leftover := in_flight.get_nowait()) is not None:
+                        leftover.cancel()
+        except Exception as exc:
+            code, details = self._status_of(exc, "StreamEmbedImages")
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._observe("StreamEmbedImages", code, started)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, details)
+
+    async def _read_stream(
+        self,
+        runtime: EncoderRuntime,
+        request_iterator: AsyncIterable[encoder_pb2.ImageBatch],
+        in_flight: asyncio.Queue[asyncio.Task[encoder_pb2.ImageBatchResult] | None],
+    ) -> None:
+        try:
+            async for batch in request_iterator:
+                if len(batch.items) > self.settings.max_items_per_request:
+                    raise InputError(
+                        f"stream batch has {len(batch.items)} items; "
+                        f"at most {self.settings.max_items_per_request} per batch"
+                    )
+                await in_flight.put(asyncio.create_task(self._embed_stream_batch(runtime, batch)))
+        finally:
+            await in_flight.put(None)
+
+    async def _embed_stream_batch(
+        self, runtime: EncoderRuntime, batch: encoder_pb2.ImageBatch
+    ) -> encoder_pb2.ImageBatchResult:
+        prepared = await runtime.prepare([item.data for item in batch.items], sketch=False)
+        good = [(p, value) for p, value in enumerate(prepared) if isinstance(value, torch.Tensor)]
+        rows = await runtime.embed_pixels([value for _, value in good]) if good else np.zeros((0, 0))
+        vectors = {position: row for (position, _), row in zip(good, rows, strict=True)}
+        results = []
+        for position, item in enumerate(batch.items):
+            if position in vectors:
+                embedding = encoder_pb2.Embedding(values=vectors[position].tolist())
+                results.append(encoder_pb2.ImageResult(id=item.id, embedding=embedding))
+            else:
+                results.append(encoder_pb2.ImageResult(id=item.id, error=str(prepared[position])))
+        self.metrics.items.labels(kind="image").inc(len(good))
+        return encoder_pb2.ImageBatchResult(results=results, model_fingerprint=runtime.checkpoint.fingerprint)
+
+    async def _embed_all(
+        self, runtime: EncoderRuntime, datas: list[bytes], *, sketch: bool
+    ) -> encoder_pb2.EmbedResponse:
+        self._check_count(len(datas), "sketches" if sketch else "images")
+        prepared = await runtime.prepare(datas, sketch=sketch)
+        rows: list[torch.Tensor] = []
+        for value in prepared:
+            if isinstance(value, InputError):
+                raise value  # the first bad item fails the call, as the contract says
+            rows.append(value)
+        vectors = await runtime.embed_pixels(rows)
+        self.metrics.items.labels(kind="sketch" if sketch else "image").inc(len(rows))
+        return self._response(runtime, vectors)
+
+    def _check_count(self, count: int, what: str) -> None:
+        if count == 0:
+            raise InputError(f"no {what} given: send at least one")
+        if count > self.settings.max_items_per_request:
+            raise InputError(
+                f"{count} {what} in one request; the limit is {self.settings.max_items_per_request}"
+            )
+
+    def _ready(self) -> EncoderRuntime:
+        if self.runtime is None:
+            raise ModelNotReady("the model is still loading; retry shortly")
+        return self.runtime
+
+    @staticmethod
+    def _response(runtime: EncoderRuntime, rows: np.ndarray) -> encoder_pb2.EmbedResponse:
+        return encoder_pb2.EmbedResponse(
+            embeddings=[encoder_pb2.Embedding(values=row.tolist()) for row in rows],
+            model_fingerprint=runtime.checkpoint.fingerprint,
+        )
+
+    async def _unary(
+        self, method: str, context: Context, work: Callable[[EncoderRuntime], Awaitable[T]]
+    ) -> T:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await work(self._ready())
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, details = self._status_of(exc, method)
+        finally:
+            self._observe(method, code, started)
+        await context.abort(code, details)
+
+    @staticmethod
+    def _status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+        if isinstance(exc, InputError):
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        if isinstance(exc, ModelNotReady):
+            return grpc.StatusCode.UNAVAILABLE, str(exc)
+        log.exception("%s failed", method, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the encoder log"
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.labels(method=method, code=code.name).inc()
+        self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)

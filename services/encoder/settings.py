@@ -1,0 +1,49 @@
+"""Encoder service settings, read from the environment (prefix ENCODER_)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clipsearch.preprocess import DEFAULT_MAX_PIXELS
+
+MIB = 1024 * 1024
+
+
+class EncoderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
+
+    # A checkpoint directory (save_pretrained layout) or a Hugging Face hub id.
+    checkpoint: str = "var/checkpoints/mnist-compact"
+    host: str = "0.0.0.0"
+    # 0 binds any free port (tests); the bound port is reported by the server.
+    port: int = Field(default=50051, ge=0, le=65535)
+    # Prometheus /metrics side port; 0 binds any free port.
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    metrics_enabled: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    # Micro-batching across concurrent requests: a batch closes at this many
+    # items or after this long, whichever comes first.
+    max_batch_size: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    batching: bool = True
+    max_items_per_request: int = Field(default=256, ge=1)
+    max_image_bytes: int = Field(default=10 * MIB, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    max_message_bytes: int = Field(default=64 * MIB, ge=1024)
+    # Threads decoding and preprocessing images (inference has its own single thread).
+    preprocess_threads: int = Field(default=2, ge=1)
+    # When set, every Encoder call needs metadata `x-api-key` with this value
+    # (health and reflection stay open for probes and grpcurl).
+    api_key: SecretStr | None = None
+    torch_threads: int | None = Field(default=None, ge=1)
+    # How long in-flight calls may run after SIGTERM before they are cancelled.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # ENCODER_API_KEY= (empty, as compose files often leave it) means no key.
+        return None if value == "" else value
