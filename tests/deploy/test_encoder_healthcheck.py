@@ -1,0 +1,31 @@
+"""The container healthcheck module against a real encoder server on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from services.encoder import healthcheck
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serving_encoder_is_healthy(encoder_target: str) -> None:
+    assert healthcheck.check(encoder_target) is None
+    assert healthcheck.main([encoder_target]) == 0
+
+
+def test_default_target_comes_from_encoder_port(encoder_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCODER_PORT", encoder_target.rsplit(":", 1)[1])
+    assert healthcheck.main([]) == 0
+
+
+def test_unreachable_encoder_is_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
+    target = f"127.0.0.1:{_closed_port()}"
+    assert healthcheck.main([target]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
