@@ -1,0 +1,108 @@
+"""`python -m training train ...`: train or fine-tune a CLIP model (see `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from clipsearch.checkpoint import CheckpointError
+from clipsearch.datasets import DatasetError
+from training.config import ConfigError, FreezeMode, load_config
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a compact CLIP from scratch or fine-tune a checkpoint")
+    train.add_argument("--config", type=Path, help="YAML file with settings (command-line flags win)")
+    train.add_argument("--model", help="compact config name (tiny, mnist-scratch, mnist-minilm) or checkpoint")
+    train.add_argument("--output", type=Path, help="checkpoint directory to write")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR)")
+    source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
+    source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
+    train.add_argument("--download-mnist", action="store_true", default=None, help="fetch MNIST if missing")
+    train.add_argument("--limit", type=int, help="use only the first N examples")
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--strict", action="store_true", default=None, help="fail on bad data instead of skipping")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--grad-accumulation", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-steps", type=int)
+    train.add_argument("--freeze", choices=[mode.value for mode in FreezeMode])
+    train.add_argument("--unlock-last-n", type=int, help="vision blocks to train with --freeze last-n")
+    train.add_argument("--image-pair-weight", type=float, help="weight of the image-image loss (0: off)")
+    train.add_argument("--no-label-aware", dest="label_aware", action="store_false", default=None)
+    train.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--resume", action="store_true", default=None, help="continue from the last epoch saved")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    return root
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    kind = "captions" if args.captions else "folders" if args.image_folder else None
+    if args.mnist_dir:
+        kind = "mnist"
+    return {
+        "model": args.model,
+        "output": args.output,
+        "data.kind": kind,
+        "data.mnist_dir": args.mnist_dir,
+        "data.captions_csv": args.captions,
+        "data.image_folder": args.image_folder,
+        "data.download": args.download_mnist,
+        "data.limit": args.limit,
+        "data.val_fraction": args.val_fraction,
+        "data.strict": args.strict,
+        "augment.enabled": args.augment,
+        "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
+        "batch_size": args.batch_size,
+        "grad_accumulation": args.grad_accumulation,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "freeze": args.freeze,
+        "unlock_last_n": args.unlock_last_n,
+        "image_pair_weight": args.image_pair_weight,
+        "label_aware": args.label_aware,
+        "patience": args.patience,
+        "seed": args.seed,
+        "device": args.device,
+        "num_threads": args.threads,
+        "resume": args.resume,
+        "progress": args.progress,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from training.train import train
+
+    try:
+        config = load_config(args.config, overrides(args))
+        result = train(config)
+    except (ConfigError, DatasetError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress = result.progress
+    print(
+        f"wrote {result.output}: {progress.epoch} epochs, best {progress.best_metric} at epoch "
+        f"{progress.best_epoch}, {progress.train_seconds:.0f} s training, {result.samples_per_second:.0f} samples/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Evaluate a checkpoint (optionally against a baseline): metrics.json, pictures and a model card.
+
+    python -m training.evaluate CHECKPOINT [--baseline CHECKPOINT] [--mnist-dir DIR]
+    python -m training.evaluate CHECKPOINT --captions pairs.csv | --image-folder DIR
+
+Metrics: zero-shot accuracy with prompt ensembles, text->image and image->text
+Recall@1/5/10, and precision@10 of text queries in several phrasings per class,
+including free-form ones that are not training templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from clipsearch.datasets import DatasetError
+from clipsearch.embedder import Embedder
+from training import plots
+from training.config import DataConfig
+from training.data import PairData, all_captions, label_forms, load_pairs, with_articles
+from training.metrics import class_prototypes, precision_at_k, recall_at_k, top_k, zero_shot_accuracy
+
+log = logging.getLogger(__name__)
+
+KS = (1, 5, 10)
+EMBED_CHUNK = 1024
+# Query phrasings for precision@10. "{}" is a singular form (word or numeral), "{p}" a plural one.
+# The free-form ones are deliberately not among the training templates (training/data.py).
+TEMPLATE_QUERIES = ["a handwritten digit {}", "the number {}", "{}"]
+FREE_FORM_QUERIES = ["show me {p}", "a scribbled {}", "{p} please", "a sloppy {}", "i want to see a {}",
+                     "something that looks like a {}"]
+
+
+@dataclass
+class Evaluated:
+    """One checkpoint's metrics and what the pictures need."""
+
+    name: str
+    metrics: dict[str, Any]
+    image_embeddings: np.ndarray
+    prototypes: np.ndarray | None
+    embedder: Embedder
+
+
+def query_set(data: PairData) -> list[tuple[str, int, str]]:
+    """(query, label, kind) for every class: templated and free-form phrasings, words and numerals."""
+    queries = []
+    for label in range(len(data.class_names)):
+        singular, plural = label_forms(data, label)
+        for kind, templates in (("template", TEMPLATE_QUERIES), ("free-form", FREE_FORM_QUERIES)):
+            for template in templates:
+                forms = plural if "{p}" in template else singular
+                for form in forms:
+                    text = template.format(p=form) if "{p}" in template else template.format(form)
+                    queries.append((with_articles(text), label, kind))
+    return queries
+
+
+def embed_images(embedder: Embedder, pixels: torch.Tensor) -> np.ndarray:
+    return np.concatenate(
+        [embedder.embed_pixel_values(pixels[s : s + EMBED_CHUNK]) for s in range(0, len(pixels), EMBED_CHUNK)]
+    )
+
+
+def evaluate_checkpoint(checkpoint: LoadedCheckpoint, data_config: DataConfig) -> tuple[Evaluated, PairData]:
+    embedder = Embedder.from_checkpoint(checkpoint)
+    data = load_pairs(data_config, checkpoint.image_processor, "test")
+    images = embed_images(embedder, data.pixels)
+    metrics: dict[str, Any] = {"checkpoint": str(checkpoint.path), "fingerprint": checkpoint.fingerprint,
+                               "images": len(data)}
+    prototypes = None
+    if data.labels is not None and data.class_names:
+        labels = data.labels.numpy()
+        prototypes = class_prototypes(embedder, data.class_names, checkpoint.meta.prompt_templates, data.numerals)
+        metrics["zero_shot_accuracy"] = zero_shot_accuracy(images, labels, prototypes)
+        metrics["zero_shot_prompts"] = checkpoint.meta.prompt_templates
+        captions = [(c, label) for label in range(len(data.class_names)) for c in all_captions(data, label)]
+        texts = embedder.embed_texts([c for c, _ in captions])
+        text_keys = np.array([label for _, label in captions])
+        metrics["text_to_image"] = recall_at_k(texts, images, text_keys, labels, KS)
+        metrics["image_to_text"] = recall_at_k(images, texts, labels, text_keys, KS)
+        metrics["retrieval_relevance"] = "same label"
+        queries = query_set(data)
+        query_embeddings = embedder.embed_texts([q for q, _, _ in queries])
+        query_labels = np.array([label for _, label, _ in queries])
+        precision = precision_at_k(query_embeddings, images, query_labels, labels, 10)
+        kinds = np.array([kind for _, _, kind in queries])
+        metrics["precision_at_10"] = {
+            "all": float(precision.mean()),
+            "template": float(precision[kinds == "template"].mean()),
+            "free_form": float(precision[kinds == "free-form"].mean()),
+            "per_class": {
+                name: float(precision[query_labels == label].mean()) for label, name in enumerate(data.class_names)
+            },
+            "worst_queries": sorted(
+                ({"query": q, "p@10": float(p)} for (q, _, _), p in zip(queries, precision, strict=True)),
+                key=lambda row: row["p@10"],
+            )[:5],
+            "queries": len(queries),
+        }
+    else:
+        assert data.captions is not None
+        texts = embedder.embed_texts(data.captions)
+        keys = np.unique(np.array(data.captions), return_inverse=True)[1]
+        metrics["text_to_image"] = recall_at_k(texts, images, keys, keys, KS)
+        metrics["image_to_text"] = recall_at_k(images, texts, keys, keys, KS)
+        metrics["retrieval_relevance"] = "same caption"
+    name = checkpoint.path.name
+    return Evaluated(name, metrics, images, prototypes, embedder), data
+
+
+def display_images(data: PairData, processor: Any) -> np.ndarray:
+    """Pixel values back to (n, H, W, 3) in 0..1 for plotting."""
+    mean = torch.tensor(getattr(processor, "image_mean", [0.0] * 3)).view(1, -1, 1, 1)
+    std = torch.tensor(getattr(processor, "image_std", [1.0] * 3)).view(1, -1, 1, 1)
+    return (data.pixels * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def draw(out: Path, runs: list[Evaluated], data: PairData, processor: Any) -> list[str]:
+    """Write the PNGs; returns their file names."""
+    files = []
+    if data.labels is not None and all(run.prototypes is not None for run in runs):
+        labels = data.labels.numpy()
+        panels = [plots.MapPanel(run.name, run.image_embeddings, labels, run.prototypes, data.class_names)
+                  for run in runs if run.prototypes is not None]
+        plots.embedding_maps(out / "embedding_map.png", panels)
+        files.append("embedding_map.png")
+        samples = [int(np.flatnonzero(labels == label)[0]) for label in range(len(data.class_names))
+                   if (labels == label).any()][:12]
+        heat = [(run.name, run.image_embeddings[samples] @ run.prototypes.T) for run in runs
+                if run.prototypes is not None]
+        rows = [f"image of {data.class_names[labels[i]]}" for i in samples]
+        plots.similarity_heatmap(out / "similarity_heatmap.png", heat, rows, data.class_names)
+        files.append("similarity_heatmap.png")
+        chosen = [q for q in query_set(data) if q[2] == "free-form"][:: max(len(data.class_names) // 2, 1)][:8]
+        trained = runs[-1]
+        query_embeddings = trained.embedder.embed_texts([q for q, _, _ in chosen])
+        results = top_k(query_embeddings, trained.image_embeddings, 8)
+        correct = labels[results] == np.array([label for _, label, _ in chosen])[:, None]
+        plots.retrieval_grid(out / "retrieval_grid.png", f"{trained.name}: top 8 images per text query",
+                             [q for q, _, _ in chosen], results, display_images(data, processor), correct)
+        files.append("retrieval_grid.png")
+    else:
+        n = min(len(data), 10)
+        assert data.captions is not None
+        heat = [(run.name, run.image_embeddings[:n] @ run.embedder.embed_texts(data.captions[:n]).T)
+                for run in runs]
+        plots.similarity_heatmap(out / "similarity_heatmap.png", heat, [f"image {i}" for i in range(n)],
+                                 data.captions[:n])
+        files.append("similarity_heatmap.png")
+    return files
+
+
+def _fmt(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, float) else "–"
+
+
+def metric_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    if "zero_shot_accuracy" in metrics:
+        rows["zero-shot accuracy (prompt ensemble)"] = metrics["zero_shot_accuracy"]
+    for direction in ("text_to_image", "image_to_text"):
+        for k, value in metrics[direction].items():
+            rows[f"{direction.replace('_', ' ')} {k}"] = value
+    if "precision_at_10" in metrics:
+        for kind in ("all", "template", "free_form"):
+            rows[f"text query precision@10 ({kind.replace('_', '-')})"] = metrics["precision_at_10"][kind]
+    return rows
+
+
+def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: list[str], out: Path) -> str:
+    config = checkpoint.model.config
+    vision = config.vision_config
+    text = config.text_config
+    trained = metric_rows(report["checkpoint"])
+    baseline = metric_rows(report["baseline"]) if report.get("baseline") else None
+    lines = [
+        f"# {checkpoint.path.name}",
+        "",
+        f"A CLIP-style dual encoder (`{config.model_type}`) for clipsearch, {checkpoint.embedding_dim}-dim "
+        f"embeddings. Vision: ViT, {vision.image_size}px images, patch {vision.patch_size}, width "
+        f"{vision.hidden_size}, {vision.num_hidden_layers} layers. Text: `{text.model_type}`, width "
+        f"{text.hidden_size}, {text.num_hidden_layers} layers. Sketch normalisation: "
+        f"`{checkpoint.meta.sketch_normalization.value}`. Weights fingerprint `{checkpoint.fingerprint[:16]}`.",
+        "",
+        "## Evaluation",
+        "",
+        f"On {report['checkpoint']['images']} held-out images (`python -m training.evaluate`); retrieval "
+        f"relevance: {report['checkpoint']['retrieval_relevance']}.",
+        "",
+        "| metric | " + ("baseline | " if baseline else "") + "this model |",
+        "|---|" + ("---|" if baseline else "") + "---|",
+    ]
+    for metric, value in trained.items():
+        before = f"{_fmt(baseline.get(metric))} | " if baseline is not None else ""
+        lines.append(f"| {metric} | {before}{_fmt(value)} |")
+    history = checkpoint.path / "training.json"
+    if history.is_file():
+        record = json.loads(history.read_text())
+        progress = record["progress"]
+        lines += [
+            "",
+            "## Training",
+            "",
+            f"`python -m training train` with model `{record['config']['model']}`, "
+            f"{progress['epoch']} epochs, {progress['train_seconds']:.0f} s of training "
+            f"({progress['samples_seen'] / max(progress['train_seconds'], 1e-9):.0f} samples/s), best validation "
+            f"metric {progress['best_metric']} at epoch {progress['best_epoch']}. Full config and per-epoch "
+            "history: `training.json`.",
+        ]
+    lines += ["", "## Pictures", ""]
+    relative = os.path.relpath(out, checkpoint.path)
+    lines += [f"![{name}]({relative}/{name})" for name in pictures]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "Trained for one domain; queries far from its captions, and images unlike its training images, "
+        "get embeddings of unknown quality. Zero-shot prompts: " + ", ".join(
+            f"`{t}`" for t in checkpoint.meta.prompt_templates) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(checkpoint_path: str, baseline_path: str | None, data_config: DataConfig, out: Path | None,
+        device: str | None = None) -> dict[str, Any]:
+    checkpoint = load_checkpoint(checkpoint_path, device=device)
+    runs: list[Evaluated] = []
+    report: dict[str, Any] = {}
+    if baseline_path:
+        baseline, _ = evaluate_checkpoint(load_checkpoint(baseline_path, device=device), data_config)
+        baseline.name = f"baseline: {baseline.name}"
+        runs.append(baseline)
+        report["baseline"] = baseline.metrics
+    trained, data = evaluate_checkpoint(checkpoint, data_config)
+    trained.name = f"trained: {trained.name}"
+    runs.append(trained)
+    report["checkpoint"] = trained.metrics
+    out = out or checkpoint.path / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = draw(out, runs, data, checkpoint.image_processor)
+    report["pictures"] = pictures
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (checkpoint.path / "README.md").write_text(model_card(checkpoint, report, pictures, out))
+    return report
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parse.add_argument("checkpoint", help="checkpoint directory (or hub id)")
+    parse.add_argument("--baseline", help="a checkpoint to compare with (e.g. the untrained init)")
+    source = parse.add_mutually_exclusive_group()
+    source.add_argument("--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR); the test split")
+    source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
+    source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
+    parse.add_argument("--download-mnist", action="store_true")
+    parse.add_argument("--limit", type=int, help="evaluate on the first N examples only")
+    parse.add_argument("--out", type=Path, help="where metrics.json and PNGs go (default: CHECKPOINT/eval)")
+    parse.add_argument("--device", help="auto, cpu, cuda ...")
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kind = "captions" if args.captions else "folders" if args.image_folder else "mnist"
+    try:
+        data_config = DataConfig(kind=kind, mnist_dir=args.mnist_dir, captions_csv=args.captions,
+                                 image_folder=args.image_folder, download=args.download_mnist, limit=args.limit)
+        report = run(args.checkpoint, args.baseline, data_config, args.out, args.device)
+    except (CheckpointError, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name in ("baseline", "checkpoint"):
+        if name in report:
+            rows = metric_rows(report[name])
+            print(f"{name}: " + ", ".join(f"{metric} {_fmt(value)}" for metric, value in rows.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Contrastive losses: symmetric InfoNCE (optionally label-aware) and an image-image pair loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_logits(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Remove same-label, off-diagonal pairs from the negatives (they are not wrong matches)."""
+    if labels is None:
+        return logits
+    same = labels.view(-1, 1) == labels.view(1, -1)
+    same.fill_diagonal_(False)
+    return logits.masked_fill(same, float("-inf"))
+
+
+def clip_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matching (image i, text i) pairs.
+
+    `logit_scale` is the log of the inverse temperature (learnable, as in CLIP).
+    With `labels`, pairs that share a label are neither positives nor negatives.
+    """
+    image_embeds = F.normalize(image_embeds.float(), dim=-1)
+    text_embeds = F.normalize(text_embeds.float(), dim=-1)
+    logits = logit_scale.float().exp() * image_embeds @ text_embeds.T
+    logits = _masked_logits(logits, labels)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def image_pair_loss(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE between two augmentations of the same images (SimCLR-style, symmetric)."""
+    return clip_loss(first, second, logit_scale, labels)
