@@ -62,6 +62,11 @@ class EncoderClient:
                 # Several encoder replicas behind one DNS name share the load.
                 ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.enable_retries", 0),
+                # Reconnect within a couple of seconds once a restarted encoder is back
+                # (gRPC's default backoff grows to two minutes during a long outage).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         self._stub = encoder_pb2_grpc.EncoderStub(self._channel)

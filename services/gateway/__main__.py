@@ -1,0 +1,44 @@
+"""`python -m services.gateway`: HTTP (uvicorn) and gRPC in one process, sharing one search core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from services.gateway.app import create_app
+from services.gateway.deps import build_core
+from services.gateway.grpc_server import GrpcGateway
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("services.gateway")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    core = build_core(settings)
+    grpc_gateway = GrpcGateway(core, settings)
+    grpc_port = await grpc_gateway.start()
+    app = create_app(settings, core)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, log_level="info", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "gRPC on %s:%d; HTTP on http://%s:%d", settings.host, grpc_port, settings.host, settings.http_port
+    )
+    try:
+        # Returns on SIGINT/SIGTERM (uvicorn handles the signals), then gRPC drains.
+        await server.serve()
+    finally:
+        await grpc_gateway.stop()
+        await core.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(GatewaySettings()))
+
+
+if __name__ == "__main__":
+    main()

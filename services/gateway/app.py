@@ -1,0 +1,150 @@
+"""The FastAPI application: routes, error mapping, metrics, upload cap, the web page."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.api import api, media, probes
+from services.gateway.deps import API_KEY_HEADER, build_core
+from services.gateway.errors import GatewayError
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.search import SearchCore
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+# Room for multipart framing and the other form fields around one upload.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+def create_app(settings: GatewaySettings | None = None, core: SearchCore | None = None) -> FastAPI:
+    """The gateway app. Given a `core`, the caller owns it (one core shared with the gRPC server);
+    otherwise the app builds its own on startup and closes it on shutdown."""
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = core is None
+        app.state.core = core if core is not None else build_core(settings, app.state.metrics)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.core.close()
+
+    app = FastAPI(
+        title="clipsearch gateway",
+        summary="Search an image collection by text, image or sketch with a CLIP model.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = core.metrics if core is not None else GatewayMetrics()
+
+    app.include_router(api)
+    app.include_router(media)
+    app.include_router(probes)
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", API_KEY_HEADER],
+        )
+    app.add_middleware(
+        GuardMiddleware,
+        metrics=app.state.metrics,
+        max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+    )
+    return app
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One readable sentence instead of FastAPI's list of error objects."""
+    problems = []
+    for error in exc.errors():
+        location = list(error.get("loc", ()))
+        if location and location[0] in ("body", "query", "path", "header", "cookie"):
+            location = location[1:]  # where the field came from, not part of its name
+        where = ".".join(str(part) for part in location)
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+
+class GuardMiddleware:
+    """Rejects oversized bodies early, records metrics, and turns unexpected exceptions
+    into a JSON 500 without a traceback (logged here instead)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                await _send_json(
+                    tracking_send, 413, f"request body is {length} bytes; the limit is {self.max_body_bytes}"
+                )
+            else:
+                await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not status["sent"]:
+                await _send_json(tracking_send, 500, "internal error; it has been logged")
+        finally:
+            route = scope.get("route")
+            operation = getattr(route, "path", "unmatched")
+            self.metrics.observe("http", operation, str(status["code"]), time.perf_counter() - started)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    body = JSONResponse({"detail": detail}, status_code=status)
+    await send({"type": "http.response.start", "status": status, "headers": body.raw_headers})
+    await send({"type": "http.response.body", "body": body.body})

@@ -1,0 +1,42 @@
+"""Gateway settings, from GATEWAY_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    # Encoder gRPC target ("host:port"; a DNS name with several replicas is load-balanced).
+    encoder: str = "localhost:50051"
+    encoder_timeout_s: float = Field(default=5.0, gt=0)
+    encoder_api_key: SecretStr | None = None
+
+    # A Qdrant server URL, or None for the embedded store at `store_path`.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    store_path: str = "var/qdrant"
+    # The alias the indexer publishes.
+    collection: str = "mnist"
+    media_dir: str = "var/media"
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=50052, ge=0, le=65535)
+
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_k: int = Field(default=100, ge=1)
+    max_offset: int = Field(default=10_000, ge=0)
+    max_labels: int = Field(default=100, ge=1)
+
+    # Browser origins allowed to call the API from other sites; empty: same origin only.
+    cors_origins: list[str] = Field(default_factory=list)
+    # When set, every API call needs it (header / gRPC metadata "x-api-key").
+    api_key: SecretStr | None = None
+    # Base URL for image links in results ("https://search.example.org"); relative links when unset.
+    public_url: str | None = None
+
+    # How long model and collection facts are reused before they are asked for again.
+    info_ttl_s: float = Field(default=5.0, ge=0)

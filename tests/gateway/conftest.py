@@ -1,0 +1,167 @@
+"""Gateway fixtures: an embedded store indexed with the real encoder, and the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from PIL import Image, ImageDraw
+
+from clipsearch.encoder_client import EncoderClient
+from clipsearch.media import MediaStore
+from clipsearch.store import IMAGE_VECTOR, Point, open_store
+from services.gateway.app import create_app
+from services.gateway.search import MEDIA_KEY_FIELD
+from services.gateway.settings import GatewaySettings
+
+COLLECTION = "digits"
+# Strokes of crude digits on a 28x28 grid: enough for distinct images per label.
+STROKES: dict[int, list[tuple[int, int, int, int]]] = {
+    0: [(8, 5, 20, 5), (20, 5, 20, 23), (20, 23, 8, 23), (8, 23, 8, 5)],
+    1: [(14, 4, 14, 24)],
+    2: [(8, 5, 20, 5), (20, 5, 20, 14), (20, 14, 8, 14), (8, 14, 8, 23), (8, 23, 20, 23)],
+    3: [(8, 5, 20, 5), (20, 5, 20, 23), (20, 23, 8, 23), (10, 14, 20, 14)],
+    4: [(8, 4, 8, 14), (8, 14, 20, 14), (18, 4, 18, 24)],
+    5: [(20, 5, 8, 5), (8, 5, 8, 14), (8, 14, 20, 14), (20, 14, 20, 23), (20, 23, 8, 23)],
+    6: [(20, 5, 8, 5), (8, 5, 8, 23), (8, 23, 20, 23), (20, 23, 20, 14), (20, 14, 8, 14)],
+    7: [(7, 5, 21, 5), (21, 5, 12, 24)],
+    8: [(8, 5, 20, 5), (20, 5, 20, 23), (20, 23, 8, 23), (8, 23, 8, 5), (8, 14, 20, 14)],
+    9: [(20, 14, 8, 14), (8, 14, 8, 5), (8, 5, 20, 5), (20, 5, 20, 23)],
+}
+
+
+def digit_png(label: int, *, sketch: bool = False, shift: int = 0, size: int = 28) -> bytes:
+    """MNIST-style (white on black) or, for sketches, a canvas drawing (black on white)."""
+    scale = size / 28
+    background, ink = (255, 0) if sketch else (0, 255)
+    image = Image.new("L", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in STROKES[label]:
+        points = [(x0 + shift) * scale, y0 * scale, (x1 + shift) * scale, y1 * scale]
+        draw.line(points, fill=ink, width=max(2, int(3 * scale)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class IndexedItem:
+    id: str
+    label: int
+    png: bytes
+    media_key: str
+
+
+@dataclass(frozen=True)
+class Indexed:
+    store_path: Path
+    media_dir: Path
+    items: list[IndexedItem]
+    fingerprint: str
+    model_name: str
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _embed(target: str, images: list[bytes]) -> tuple[np.ndarray, str, str]:
+    async with EncoderClient(target) as client:
+        info = await client.model_info()
+        return await client.embed_images(images), info.fingerprint, info.model_name
+
+
+def build_index(
+    root: Path, encoder_target: str, *, fingerprint: str | None = None, shifts: tuple[int, ...] = (0, 2)
+) -> Indexed:
+    """Index digit images through the real encoder into an embedded store (closed afterwards)."""
+    media = MediaStore(root / "media")
+    items = [
+        IndexedItem(str(uuid.uuid4()), label, png, media.put(png))
+        for shift in shifts
+        for label in range(10)
+        for png in [digit_png(label, shift=shift)]
+    ]
+    # In a worker thread: callers may be inside a running event loop (async tests).
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        embedded = worker.submit(asyncio.run, _embed(encoder_target, [i.png for i in items]))
+        vectors, model_fingerprint, model_name = embedded.result()
+    store = open_store(None, root / "qdrant")
+    try:
+        version = store.create_version(
+            COLLECTION,
+            dim=vectors.shape[1],
+            fingerprint=fingerprint or model_fingerprint,
+            vector_names=[IMAGE_VECTOR],
+            source="tests",
+        )
+        store.upsert(
+            version,
+            [
+                Point(
+                    id=item.id,
+                    vectors={IMAGE_VECTOR: vector},
+                    payload={"label": item.label, "split": "test", MEDIA_KEY_FIELD: item.media_key},
+                )
+                for item, vector in zip(items, vectors, strict=True)
+            ],
+        )
+        store.finish_version(COLLECTION, version, keep=1)
+    finally:
+        store.close()
+    return Indexed(root / "qdrant", root / "media", items, model_fingerprint, model_name)
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory: pytest.TempPathFactory, encoder_target: str) -> Indexed:
+    return build_index(tmp_path_factory.mktemp("gateway-index"), encoder_target)
+
+
+def settings_for(indexed: Indexed, encoder: str, **overrides: object) -> GatewaySettings:
+    values: dict[str, object] = {
+        "encoder": encoder,
+        "store_path": str(indexed.store_path),
+        "media_dir": str(indexed.media_dir),
+        "collection": COLLECTION,
+        "encoder_timeout_s": 5.0,
+        "info_ttl_s": 0.0,
+        "api_key": None,
+        "qdrant_url": None,
+        **overrides,
+    }
+    return GatewaySettings(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an in-process HTTP client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+GatewayFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def gateway(indexed: Indexed, encoder_target: str) -> GatewayFactory:
+    """`async with gateway(**settings overrides) as client:` a served app over the test index."""
+
+    def open_gateway(**overrides: object) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return serving(create_app(settings_for(indexed, encoder_target, **overrides)))
+
+    return open_gateway
