@@ -250,7 +250,7 @@ class QdrantStore:
             alias=alias,
             fingerprint=str(manifest.pop("fingerprint", "")),
             dim=int(manifest.pop("dim", 0)),
-            vector_names=list(manifest.pop("vector_names", vector_names)),
+            vector_names=sorted(manifest.pop("vector_names", vector_names)),
             count=int(count),
             complete=bool(manifest.pop("complete", False)),
             extra=manifest,
@@ -367,7 +367,7 @@ class QdrantStore:
 
     def ids(self, collection: str) -> set[str]:
         found: set[str] = set()
-        offset: models.ExtendedPointId | None = None
+        offset: Any = None
         with self._guard(f"list the points of {collection!r}"):
             while True:
                 points, offset = self._client.scroll(

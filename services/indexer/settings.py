@@ -1,0 +1,44 @@
+"""Indexer settings: environment variables prefixed INDEXER_, overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SourceKind = Literal["mnist", "folder", "csv"]
+MnistSplitChoice = Literal["train", "test", "both"]
+Mode = Literal["full", "incremental"]
+
+
+class IndexerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INDEXER_", populate_by_name=True, extra="ignore")
+
+    encoder: str = "localhost:50051"
+    encoder_api_key: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    store_path: Path = Path("var/qdrant")
+    collection: str = "mnist"  # the alias readers search
+    media_dir: Path = Path("var/media")
+
+    source: SourceKind = "mnist"
+    # INDEXER_MNIST_DIR, or the MNIST_DIR that training and the tests use.
+    mnist_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("mnist_dir", "INDEXER_MNIST_DIR", "MNIST_DIR")
+    )
+    mnist_split: MnistSplitChoice = "test"
+    mnist_download: bool = False
+    folder: Path | None = None
+    csv: Path | None = None
+
+    mode: Mode = "full"
+    keep_versions: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    concurrency: int = Field(default=4, ge=1, le=64)  # batches in flight to the encoder
+    deadline_s: float = Field(default=60.0, gt=0)  # longest wait for one batch's result
+    retries: int = Field(default=3, ge=0)  # reconnects after UNAVAILABLE/deadline without progress
+    fail_on_bad_items: bool = False
+    progress: bool = True

@@ -1,0 +1,210 @@
+"""What to index: the items of one source (MNIST split, image folder, caption CSV), with stable ids.
+
+Listing is cheap (paths and indices); `prepare` reads and checks one item,
+producing the bytes sent to the encoder and the PNG kept in the media store.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clipsearch.datasets import (
+    DatasetError,
+    list_image_folder,
+    load_mnist,
+    read_caption_csv,
+)
+from clipsearch.media import png_bytes
+from clipsearch.preprocess import ImageInputError, decode_image
+
+from .settings import IndexerSettings
+
+# Fixed namespace: ids depend only on the source identity and the item, across runs and machines.
+ID_NAMESPACE = uuid.UUID("8f0c6a52-3f44-4b8e-9a55-2f6f3c1f6d2e")
+
+
+class SourceError(RuntimeError):
+    """The source cannot be listed; the message is for the user."""
+
+
+class ItemError(ValueError):
+    """One item cannot be read; it is reported and skipped."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    id: str
+    relative_path: str  # where the item comes from, for payloads and error reports
+    payload: dict[str, Any]
+    caption: str | None
+    load: Callable[[], bytes]  # the encoded image bytes sent to the encoder
+    generated: bool = False  # bytes we encoded ourselves (a small PNG): no need to check them
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    item: SourceItem
+    data: bytes  # sent to the encoder
+    media_png: bytes  # kept in the media store (the image, or a thumbnail of a large one)
+
+
+@dataclass(frozen=True)
+class BadItem:
+    relative_path: str
+    message: str
+
+
+@dataclass
+class Source:
+    identity: str  # e.g. "mnist:test", "folder:/data/pets": versions are resumed per identity
+    kind: str
+    items: list[SourceItem]
+    bad: list[BadItem] = field(default_factory=list)  # found while listing (malformed CSV rows)
+
+    @property
+    def has_captions(self) -> bool:
+        return any(item.caption for item in self.items)
+
+
+def item_id(identity: str, relative: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"{identity}#{relative}"))
+
+
+def _png_of_array(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_loader(pixels: np.ndarray) -> Callable[[], bytes]:
+    return lambda: _png_of_array(pixels)
+
+
+def _mnist_source(settings: IndexerSettings) -> Source:
+    if settings.mnist_dir is None:
+        raise SourceError("no MNIST directory: set INDEXER_MNIST_DIR (or MNIST_DIR) or pass --mnist-dir")
+    splits: list[Any] = ["train", "test"] if settings.mnist_split == "both" else [settings.mnist_split]
+    items: list[SourceItem] = []
+    for split in splits:
+        try:
+            data = load_mnist(settings.mnist_dir, split, download=settings.mnist_download)
+        except DatasetError as exc:
+            raise SourceError(str(exc)) from None
+        images, labels = data.images, data.labels
+        for index in range(len(labels)):
+            relative = f"{split}/{index}"
+            label = int(labels[index])
+            items.append(
+                SourceItem(
+                    id=item_id(f"mnist:{split}", str(index)),
+                    relative_path=relative,
+                    payload={"label": label, "class_name": str(label), "split": split, "index": index},
+                    caption=None,
+                    load=_png_loader(images[index]),
+                    generated=True,
+                )
+            )
+    return Source(identity=f"mnist:{settings.mnist_split}", kind="mnist", items=items)
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    def load() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ItemError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    return load
+
+
+def _folder_source(settings: IndexerSettings) -> Source:
+    if settings.folder is None:
+        raise SourceError("no image folder: set INDEXER_FOLDER or pass --folder")
+    root = settings.folder.resolve()
+    try:
+        listed = list_image_folder(root)
+    except DatasetError as exc:
+        raise SourceError(str(exc)) from None
+    identity = f"folder:{root}"
+    items = [
+        SourceItem(
+            id=item_id(identity, entry.relative_path),
+            relative_path=entry.relative_path,
+            payload={"class_name": entry.class_name} if entry.class_name else {},
+            caption=None,
+            load=_read_file(entry.image_path),
+        )
+        for entry in listed
+    ]
+    return Source(identity=identity, kind="folder", items=items)
+
+
+def _label_fields(label: str | None) -> dict[str, Any]:
+    if label is None:
+        return {}
+    if label.lstrip("-").isdigit():
+        return {"label": int(label), "class_name": label}
+    return {"class_name": label}
+
+
+def _csv_source(settings: IndexerSettings) -> Source:
+    if settings.csv is None:
+        raise SourceError("no caption CSV: set INDEXER_CSV or pass --csv")
+    path = settings.csv.resolve()
+    try:
+        rows, errors = read_caption_csv(path)
+    except DatasetError as exc:
+        raise SourceError(str(exc)) from None
+    identity = f"csv:{path}"
+    items = [
+        SourceItem(
+            id=item_id(identity, row.relative_path),
+            relative_path=row.relative_path,
+            payload={"caption": row.caption, **_label_fields(row.label)},
+            caption=row.caption,
+            load=_read_file(row.image_path),
+        )
+        for row in rows
+    ]
+    bad = [BadItem(relative_path=f"{path.name}:{e.row}", message=e.message) for e in errors]
+    return Source(identity=identity, kind="csv", items=_unique(items, bad), bad=bad)
+
+
+def _unique(items: list[SourceItem], bad: list[BadItem]) -> list[SourceItem]:
+    """One item per id: a path listed twice is indexed once (the first row wins)."""
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        if item.id in seen:
+            bad.append(BadItem(item.relative_path, f"{item.relative_path} is listed more than once"))
+            continue
+        seen.add(item.id)
+        unique.append(item)
+    return unique
+
+
+def open_source(settings: IndexerSettings) -> Source:
+    readers = {"mnist": _mnist_source, "folder": _folder_source, "csv": _csv_source}
+    return readers[settings.source](settings)
+
+
+def prepare(item: SourceItem) -> PreparedItem:
+    """Read and check one item; raises ItemError for anything unreadable."""
+    data = item.load()
+    if item.generated:
+        return PreparedItem(item=item, data=data, media_png=data)
+    try:
+        image = decode_image(data)
+    except ImageInputError as exc:
+        raise ItemError(f"{item.relative_path}: {exc}") from None
+    # Small PNGs (MNIST) are kept as they are; anything else becomes a PNG (a thumbnail if large).
+    is_small_png = data[:8] == b"\x89PNG\r\n\x1a\n" and max(image.size) <= 512
+    return PreparedItem(item=item, data=data, media_png=data if is_small_png else png_bytes(image))
