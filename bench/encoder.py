@@ -1,0 +1,194 @@
+"""Encoder service throughput vs a plain in-process loop, and micro-batching on vs off.
+
+    python -m bench.encoder [--checkpoint DIR] [--items N]
+
+Without --checkpoint a random compact "mnist-scratch" model is built in a temp
+dir (throughput does not depend on the weights). Images are synthetic 28x28
+PNG digits-like drawings, decoded on both paths so the comparison is fair.
+Prints a table and ratios; no assertions. Timings depend on the machine and on
+anything else running on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clipsearch.checkpoint import load_checkpoint
+from clipsearch.embedder import Embedder
+from clipsearch.encoder_client import EncoderClient
+from clipsearch.preprocess import decode_image
+from services.encoder.server import serve_in_thread
+from services.encoder.settings import EncoderSettings
+
+BATCH_SIZES = (1, 8, 32)
+CONCURRENT_CLIENTS = 32
+REPEATS = 3
+T = TypeVar("T")
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def synthetic_images(count: int, size: int = 28) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(count):
+        image = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(image)
+        points = [tuple(int(v) for v in rng.integers(4, size - 4, 2)) for _ in range(4)]
+        draw.line(points, fill=255, width=3)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def synthetic_texts(count: int) -> list[str]:
+    return [f"a handwritten digit {WORDS[i % 10]}" if i % 2 else WORDS[i % 10] for i in range(count)]
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def rate(count: int, run: Callable[[], object]) -> float:
+    """Best of REPEATS timed runs after a warm-up: the least disturbed by other load."""
+    run()  # warm-up (allocator, thread pools)
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return count / best
+
+
+def in_process_rates(
+    embedder: Embedder, images: list[bytes], texts: list[str]
+) -> dict[tuple[str, int], float]:
+    rates = {}
+    for batch in BATCH_SIZES:
+
+        def embed_images(batch: int = batch) -> None:
+            for chunk in chunks(images, batch):
+                embedder.embed_images([decode_image(data) for data in chunk])
+
+        def embed_texts(batch: int = batch) -> None:
+            for chunk in chunks(texts, batch):
+                embedder.embed_texts(chunk)
+
+        rates["image", batch] = rate(len(images), embed_images)
+        rates["text", batch] = rate(len(texts), embed_texts)
+    return rates
+
+
+async def async_rate(count: int, run: Callable[[], Awaitable[object]]) -> float:
+    await run()
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        await run()
+        best = min(best, time.perf_counter() - started)
+    return count / best
+
+
+async def service_rates(target: str, images: list[bytes], texts: list[str]) -> dict[tuple[str, int], float]:
+    rates = {}
+    async with EncoderClient(target, timeout_s=60) as client:
+        for batch in BATCH_SIZES:
+
+            async def embed_images(batch: int = batch) -> None:
+                for chunk in chunks(images, batch):
+                    await client.embed_images(chunk)
+
+            async def embed_texts(batch: int = batch) -> None:
+                for chunk in chunks(texts, batch):
+                    await client.embed_texts(chunk)
+
+            rates["image", batch] = await async_rate(len(images), embed_images)
+            rates["text", batch] = await async_rate(len(texts), embed_texts)
+    return rates
+
+
+async def concurrent_rates(target: str, images: list[bytes], texts: list[str]) -> dict[str, float]:
+    """CONCURRENT_CLIENTS callers, each sending one item per request, all at once."""
+    async with EncoderClient(target, timeout_s=60) as client:
+
+        async def clients(items: list[bytes] | list[str], embed: Callable[[list], Awaitable[object]]) -> None:
+            async def one_client(mine: Sequence[bytes | str]) -> None:
+                for item in mine:
+                    await embed([item])
+
+            await asyncio.gather(
+                *[one_client(items[i::CONCURRENT_CLIENTS]) for i in range(CONCURRENT_CLIENTS)]
+            )
+
+        return {
+            "image": await async_rate(len(images), lambda: clients(images, client.embed_images)),
+            "text": await async_rate(len(texts), lambda: clients(texts, client.embed_texts)),
+        }
+
+
+def serve_and_measure(
+    settings: EncoderSettings, images: list[bytes], texts: list[str], concurrent: bool
+) -> dict:
+    with serve_in_thread(settings) as server:
+        target = f"127.0.0.1:{server.port}"
+        if concurrent:
+            return asyncio.run(concurrent_rates(target, images, texts))
+        return asyncio.run(service_rates(target, images, texts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", help="checkpoint directory (default: a fresh random mnist-scratch model)"
+    )
+    parser.add_argument("--items", type=int, default=256, help="items per measurement (default 256)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from training.models import build_compact
+
+            checkpoint = str(Path(scratch) / "mnist-scratch")
+            build_compact("mnist-scratch", seed=0).save(Path(checkpoint))
+        images, texts = synthetic_images(args.items), synthetic_texts(args.items)
+        loaded = load_checkpoint(checkpoint)
+        print(
+            f"checkpoint {loaded.name} ({loaded.architecture}, dim {loaded.embedding_dim}) on {loaded.device}"
+        )
+        print(f"{args.items} items per measurement; rates in items/s, best of {REPEATS} runs\n")
+
+        local = in_process_rates(Embedder.from_checkpoint(loaded), images, texts)
+        base = EncoderSettings(checkpoint=checkpoint, host="127.0.0.1", port=0, metrics_enabled=False)
+        remote = serve_and_measure(base, images, texts, concurrent=False)
+        batched = serve_and_measure(base, images, texts, concurrent=True)
+        unbatched = serve_and_measure(
+            base.model_copy(update={"batching": False}), images, texts, concurrent=True
+        )
+
+    print(f"{'kind':<6} {'batch':>5} {'in-process':>11} {'service':>9} {'service/in-process':>19}")
+    for kind in ("image", "text"):
+        for batch in BATCH_SIZES:
+            here, there = local[kind, batch], remote[kind, batch]
+            print(f"{kind:<6} {batch:>5} {here:>11.1f} {there:>9.1f} {there / here:>19.2f}")
+    print(f"\n{CONCURRENT_CLIENTS} concurrent clients, one item per request")
+    print(f"{'kind':<6} {'batching on':>12} {'batching off':>13} {'on/off':>7}")
+    for kind in ("image", "text"):
+        on, off = batched[kind], unbatched[kind]
+        print(f"{kind:<6} {on:>12.1f} {off:>13.1f} {on / off:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
