@@ -38,13 +38,15 @@ from clipsearch.store import (
     StoreError,
     StoreUnavailable,
     validate_filter,
+    versions_prefix,
 )
 
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lock"
+LOCK_NAME = ".edge.lock"  # not ".lock": that is qdrant-client local mode's lock file
 COLLECTIONS_DIR = "collections"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _UPSERT_BATCH = 1024
+# Manifest entries reported in CollectionInfo.extra (as QdrantStore reports them).
+_EXTRA_KEYS = ("source", "created_at", "finished_at")
 _SCROLL_PAGE = 10_000
 
 
@@ -175,7 +177,7 @@ class EdgeStore:
     def _read_manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST_NAME
         if not path.exists():
-            return {"aliases": {}, "versions": {}, "next_seq": 1}
+            return {"aliases": {}, "versions": {}}
         try:
             manifest: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -243,7 +245,7 @@ class EdgeStore:
             vector_names=list(meta["vector_names"]),
             count=self.count(name),
             complete=bool(meta["complete"]),
-            extra={"source": meta["source"], "backend": "edge", "created": meta.get("created")},
+            extra={key: meta[key] for key in _EXTRA_KEYS if key in meta},
         )
 
     def search(
@@ -294,14 +296,16 @@ class EdgeStore:
     def create_version(
         self, alias: str, *, dim: int, fingerprint: str, vector_names: Sequence[str], source: str
     ) -> str:
-        if not _SAFE_NAME.match(alias):
-            raise StoreError(f"alias {alias!r} must be letters, digits, '_', '.', '-' (at most 128)")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", alias) or "__v" in alias:
+            raise StoreError(f"collection name {alias!r} must be letters, digits, '_', '-' or '.' (no '__v')")
         if dim <= 0 or not vector_names:
             raise StoreError("a collection needs a positive dimension and at least one vector name")
         self.ping()
         with self._guard:
-            seq = int(self._manifest.get("next_seq", 1))
-            name = f"{alias}__v{seq:04d}"
+            number = time.time_ns() // 1000  # microseconds: sorts by creation time (as QdrantStore)
+            while f"{versions_prefix(alias)}{number}" in self._manifest["versions"]:
+                number += 1
+            name = f"{versions_prefix(alias)}{number}"
             path = self.root / COLLECTIONS_DIR / name
             try:
                 shard = qe.EdgeShard.create(str(path), self.tuning.edge_config(dim, vector_names))
@@ -312,16 +316,15 @@ class EdgeStore:
                 shutil.rmtree(path, ignore_errors=True)
                 raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
             self._shards[name] = shard
-            self._manifest["next_seq"] = seq + 1
             self._manifest["versions"][name] = {
                 "alias": alias,
-                "seq": seq,
+                "number": number,
                 "dim": int(dim),
                 "fingerprint": fingerprint,
                 "vector_names": list(vector_names),
                 "source": source,
                 "complete": False,
-                "created": time.time(),
+                "created_at": time.time(),
             }
             self._write_manifest()
             return name
@@ -329,7 +332,7 @@ class EdgeStore:
     def pending_version(self, alias: str, *, fingerprint: str, source: str) -> str | None:
         with self._guard:
             candidates = [
-                (meta["seq"], name)
+                (meta["number"], name)
                 for name, meta in self._manifest["versions"].items()
                 if meta["alias"] == alias
                 and not meta["complete"]
@@ -339,6 +342,8 @@ class EdgeStore:
         return max(candidates)[1] if candidates else None
 
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
+        if not points:
+            return
         shard = self._shard(collection)
         try:
             for start in range(0, len(points), _UPSERT_BATCH):
@@ -379,43 +384,68 @@ class EdgeStore:
         return int(self._shard(collection).count(qe.CountRequest(exact=True)))
 
     def finish_version(self, alias: str, collection: str, *, keep: int) -> None:
-        if keep < 1:
-            raise StoreError("keep must be at least 1: the live version is always kept")
         with self._guard:
             meta = self._meta(collection)
             if meta["alias"] != alias:
-                raise StoreError(
-                    f"collection {collection!r} belongs to alias {meta['alias']!r}, not {alias!r}"
-                )
+                raise StoreError(f"collection {collection!r} belongs to {meta['alias']!r}, not {alias!r}")
             shard = self._shard(collection)
             try:
                 shard.optimize()  # builds the HNSW graph and merges segments before readers switch over
                 shard.flush()
             except Exception as exc:
                 raise StoreError(f"indexing {collection!r} failed: {exc}") from exc
-            meta["complete"] = True
+            meta.update(complete=True, finished_at=time.time())
             self._manifest["aliases"][alias] = collection
             self._write_manifest()  # the alias swap: one atomic rename
-            self._drop_old_versions(alias, keep)
+        self.prune_versions(alias, keep=keep)
 
-    def _drop_old_versions(self, alias: str, keep: int) -> None:
-        live = self._manifest["aliases"][alias]
-        complete = sorted(
-            (
-                (meta["seq"], name)
-                for name, meta in self._manifest["versions"].items()
-                if meta["alias"] == alias and meta["complete"] and name != live
-            ),
-            reverse=True,
-        )
-        doomed = [name for _, name in complete[keep - 1 :]]
-        if not doomed:
-            return
-        for name in doomed:
-            del self._manifest["versions"][name]
-        self._write_manifest()
-        for name in doomed:
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
-            shutil.rmtree(self.root / COLLECTIONS_DIR / name, ignore_errors=True)
+    def versions(self, alias: str) -> list[CollectionInfo]:
+        """All versions of `alias`, newest first."""
+        with self._guard:
+            ordered = sorted(
+                (
+                    (meta["number"], name)
+                    for name, meta in self._manifest["versions"].items()
+                    if meta["alias"] == alias
+                ),
+                reverse=True,
+            )
+        found = [self.collection_info(name) for _, name in ordered]
+        return [info for info in found if info is not None]
+
+    def prune_versions(self, alias: str, *, keep: int) -> list[str]:
+        """Drop complete versions beyond the newest `keep` (the live one always stays), and
+        unfinished builds older than the live version (abandoned). Returns the dropped names."""
+        with self._guard:
+            live = self._manifest["aliases"].get(alias)
+            live_number = self._manifest["versions"][live]["number"] if live else None
+            ordered = sorted(
+                (
+                    (meta["number"], name, meta)
+                    for name, meta in self._manifest["versions"].items()
+                    if meta["alias"] == alias
+                ),
+                reverse=True,
+            )
+            dropped: list[str] = []
+            kept_complete = 0
+            for number, name, meta in ordered:
+                if name == live:
+                    kept_complete += 1
+                elif meta["complete"]:
+                    kept_complete += 1
+                    if kept_complete > max(keep, 1):
+                        dropped.append(name)
+                elif live_number is not None and number < live_number:
+                    dropped.append(name)  # an abandoned build; newer ones may still be running
+            if not dropped:
+                return []
+            for name in dropped:
+                del self._manifest["versions"][name]
+            self._write_manifest()  # forget first: a crash mid-delete leaves orphans, removed on open
+            for name in dropped:
+                shard = self._shards.pop(name, None)
+                if shard is not None:
+                    shard.close()
+                shutil.rmtree(self.root / COLLECTIONS_DIR / name, ignore_errors=True)
+            return dropped
