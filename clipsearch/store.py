@@ -11,6 +11,7 @@ path for the embedded default). See `open_store`.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -195,6 +196,23 @@ class QdrantStore:
         self._local = local
         # The embedded store is not safe for concurrent use; a server client is.
         self._lock: threading.RLock | None = threading.RLock() if local else None
+        if local:
+            for collection in self._client.get_collections().collections:
+                self._tune_local_storage(collection.name)
+
+    def _tune_local_storage(self, name: str) -> None:
+        """Make the embedded store's per-point SQLite commits cheap.
+
+        qdrant-client's local mode commits every point on its own, each with a full fsync
+        (about 45 points/s). Write-ahead logging with synchronous=NORMAL survives a killed
+        process (resume depends on that) and is some 60x faster; only a power cut may lose
+        the last few points, which a re-run writes again.
+        """
+        collection = getattr(getattr(self._client, "_client", None), "collections", {}).get(name)
+        connection = getattr(getattr(collection, "storage", None), "storage", None)
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -333,6 +351,7 @@ class QdrantStore:
                 },
                 metadata={MANIFEST_KEY: manifest},
             )
+            self._tune_local_storage(name)
             if not self._local:  # payload indexes do nothing in local mode (and it warns)
                 for key, kind in FILTERABLE_FIELDS.items():
                     self._client.create_payload_index(name, key, field_schema=_PAYLOAD_SCHEMA[kind])
