@@ -229,7 +229,7 @@ def test_gateway_and_indexer_reach_encoder_and_qdrant_by_service_name(config: di
     services = _services(config)
     for name, prefix in [("gateway", "GATEWAY_"), ("indexer", "INDEXER_")]:
         env = environment(services[name]["environment"])
-        assert env[f"{prefix}ENCODER"] == "encoder:50051"
+        assert env[f"{prefix}ENCODER"] == "dns:///encoder:50051"  # every replica, round-robin
         assert env[f"{prefix}QDRANT_URL"] == "http://qdrant:6333"
 
 

@@ -1,4 +1,4 @@
-"""The container healthcheck module against a real encoder server on loopback."""
+"""The encoder container healthcheck and the compose target form, against a real encoder on loopback."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def test_unreachable_encoder_is_unhealthy(capsys: pytest.CaptureFixture[str]) ->
     target = f"127.0.0.1:{_closed_port()}"
     assert healthcheck.main([target]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+async def test_compose_target_form_reaches_the_encoder(encoder_target: str) -> None:
+    """docker-compose.yml names the encoder as dns:///HOST:PORT (all replicas, round-robin)."""
+    from clipsearch.encoder_client import EncoderClient
+
+    async with EncoderClient(f"dns:///{encoder_target}") as client:
+        assert await client.serving()
+        vectors = await client.embed_texts(["a handwritten seven"])
+    assert vectors.shape[0] == 1
