@@ -231,6 +231,7 @@ class GrpcGateway:
         await self.server.start()
         # The process serves as soon as it listens; the Search service follows readiness.
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._readiness = asyncio.create_task(_follow_readiness(self.core, self.health))
         return port
 
