@@ -18,7 +18,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a compact CLIP from scratch or fine-tune a checkpoint")
     train.add_argument("--config", type=Path, help="YAML file with settings (command-line flags win)")
-    train.add_argument("--model", help="compact config name (tiny, mnist-scratch, mnist-minilm) or checkpoint")
+    train.add_argument(
+        "--model", help="compact config name (tiny, mnist-scratch, mnist-minilm) or checkpoint"
+    )
     train.add_argument("--output", type=Path, help="checkpoint directory to write")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR)")
@@ -27,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--download-mnist", action="store_true", default=None, help="fetch MNIST if missing")
     train.add_argument("--limit", type=int, help="use only the first N examples")
     train.add_argument("--val-fraction", type=float)
-    train.add_argument("--strict", action="store_true", default=None, help="fail on bad data instead of skipping")
+    train.add_argument(
+        "--strict", action="store_true", default=None, help="fail on bad data instead of skipping"
+    )
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
     train.add_argument("--batch-size", type=int)
@@ -44,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument("--resume", action="store_true", default=None, help="continue from the last epoch saved")
+    train.add_argument(
+        "--resume", action="store_true", default=None, help="continue from the last epoch saved"
+    )
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return root
 

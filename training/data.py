@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsearch.datasets import DatasetError, list_image_folder, load_mnist, read_caption_csv
-from clipsearch.preprocess import ImageInputError, ImageProcessor, decode_image, pixel_values
+from clipsearch.preprocess import ImageInputError, decode_image, pixel_values
 from training.config import AugmentConfig, DataConfig
 from training.models import DIGIT_WORDS
 
@@ -136,7 +137,7 @@ def split(data: PairData, val_fraction: float, seed: int) -> tuple[PairData, Pai
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
 
-def preprocess(images: Sequence[Image.Image], processor: ImageProcessor) -> torch.Tensor:
+def preprocess(images: Sequence[Image.Image], processor: Any) -> torch.Tensor:
     """All images through the one preprocessing path, in chunks to bound memory."""
     chunks = [
         pixel_values(images[start : start + PROCESS_CHUNK], processor)
@@ -145,8 +146,14 @@ def preprocess(images: Sequence[Image.Image], processor: ImageProcessor) -> torc
     return torch.cat(chunks).float()
 
 
-def mnist_pairs(directory: Path, split_name: str, processor: ImageProcessor, *, download: bool = False,
-                limit: int | None = None) -> PairData:
+def mnist_pairs(
+    directory: Path,
+    split_name: str,
+    processor: Any,
+    *,
+    download: bool = False,
+    limit: int | None = None,
+) -> PairData:
     loaded = load_mnist(directory, "train" if split_name == "train" else "test", download=download)
     images, labels = loaded.images[:limit], loaded.labels[:limit]
     pil = [Image.fromarray(np.ascontiguousarray(image), mode="L") for image in images]
@@ -174,8 +181,9 @@ def _report(skipped: list[str], message: str, strict: bool) -> None:
     skipped.append(message)
 
 
-def caption_pairs(csv_path: Path, processor: ImageProcessor, *, strict: bool = False,
-                  limit: int | None = None) -> PairData:
+def caption_pairs(
+    csv_path: Path, processor: Any, *, strict: bool = False, limit: int | None = None
+) -> PairData:
     """`image_path,caption[,label]` rows; bad rows and unreadable images are skipped and named."""
     rows, errors = read_caption_csv(csv_path)
     skipped: list[str] = []
@@ -202,8 +210,7 @@ def caption_pairs(csv_path: Path, processor: ImageProcessor, *, strict: bool = F
     return PairData(preprocess(images, processor), labels, captions, class_names, skipped=skipped)
 
 
-def folder_pairs(root: Path, processor: ImageProcessor, *, strict: bool = False,
-                 limit: int | None = None) -> PairData:
+def folder_pairs(root: Path, processor: Any, *, strict: bool = False, limit: int | None = None) -> PairData:
     """One subfolder per class; unreadable images are skipped and named."""
     items = [item for item in list_image_folder(root) if item.class_name is not None]
     if not items:
@@ -224,11 +231,12 @@ def folder_pairs(root: Path, processor: ImageProcessor, *, strict: bool = False,
     return PairData(preprocess(images, processor), torch.tensor(labels), None, class_names, skipped=skipped)
 
 
-def load_pairs(config: DataConfig, processor: ImageProcessor, split_name: str = "train") -> PairData:
+def load_pairs(config: DataConfig, processor: Any, split_name: str = "train") -> PairData:
     """The configured source as PairData (MNIST picks its train or test split)."""
     if config.kind == "mnist":
-        return mnist_pairs(config.resolved_mnist_dir(), split_name, processor, download=config.download,
-                           limit=config.limit)
+        return mnist_pairs(
+            config.resolved_mnist_dir(), split_name, processor, download=config.download, limit=config.limit
+        )
     if config.kind == "captions":
         assert config.captions_csv is not None
         return caption_pairs(config.captions_csv, processor, strict=config.strict, limit=config.limit)
@@ -236,15 +244,16 @@ def load_pairs(config: DataConfig, processor: ImageProcessor, split_name: str = 
     return folder_pairs(config.image_folder, processor, strict=config.strict, limit=config.limit)
 
 
-def background_fill(processor: ImageProcessor) -> torch.Tensor:
+def background_fill(processor: Any) -> torch.Tensor:
     """What a black pixel becomes after normalisation: the fill for pixels shifted in from outside."""
     mean = torch.tensor(getattr(processor, "image_mean", [0.0, 0.0, 0.0]), dtype=torch.float32)
     std = torch.tensor(getattr(processor, "image_std", [1.0, 1.0, 1.0]), dtype=torch.float32)
     return (-mean / std).view(1, -1, 1, 1)
 
 
-def augment(pixels: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
-            fill: torch.Tensor) -> torch.Tensor:
+def augment(
+    pixels: torch.Tensor, config: AugmentConfig, generator: torch.Generator, fill: torch.Tensor
+) -> torch.Tensor:
     """Random affine (shift, rotation, scale, shear) of a whole batch with one grid_sample."""
     if not config.enabled:
         return pixels

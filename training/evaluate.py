@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,8 +37,14 @@ EMBED_CHUNK = 1024
 # Query phrasings for precision@10. "{}" is a singular form (word or numeral), "{p}" a plural one.
 # The free-form ones are deliberately not among the training templates (training/data.py).
 TEMPLATE_QUERIES = ["a handwritten digit {}", "the number {}", "{}"]
-FREE_FORM_QUERIES = ["show me {p}", "a scribbled {}", "{p} please", "a sloppy {}", "i want to see a {}",
-                     "something that looks like a {}"]
+FREE_FORM_QUERIES = [
+    "show me {p}",
+    "a scribbled {}",
+    "{p} please",
+    "a sloppy {}",
+    "i want to see a {}",
+    "something that looks like a {}",
+]
 
 
 @dataclass
@@ -76,12 +82,17 @@ def evaluate_checkpoint(checkpoint: LoadedCheckpoint, data_config: DataConfig) -
     embedder = Embedder.from_checkpoint(checkpoint)
     data = load_pairs(data_config, checkpoint.image_processor, "test")
     images = embed_images(embedder, data.pixels)
-    metrics: dict[str, Any] = {"checkpoint": str(checkpoint.path), "fingerprint": checkpoint.fingerprint,
-                               "images": len(data)}
+    metrics: dict[str, Any] = {
+        "checkpoint": str(checkpoint.path),
+        "fingerprint": checkpoint.fingerprint,
+        "images": len(data),
+    }
     prototypes = None
     if data.labels is not None and data.class_names:
         labels = data.labels.numpy()
-        prototypes = class_prototypes(embedder, data.class_names, checkpoint.meta.prompt_templates, data.numerals)
+        prototypes = class_prototypes(
+            embedder, data.class_names, checkpoint.meta.prompt_templates, data.numerals
+        )
         metrics["zero_shot_accuracy"] = zero_shot_accuracy(images, labels, prototypes)
         metrics["zero_shot_prompts"] = checkpoint.meta.prompt_templates
         captions = [(c, label) for label in range(len(data.class_names)) for c in all_captions(data, label)]
@@ -100,12 +111,13 @@ def evaluate_checkpoint(checkpoint: LoadedCheckpoint, data_config: DataConfig) -
             "template": float(precision[kinds == "template"].mean()),
             "free_form": float(precision[kinds == "free-form"].mean()),
             "per_class": {
-                name: float(precision[query_labels == label].mean()) for label, name in enumerate(data.class_names)
+                name: float(precision[query_labels == label].mean())
+                for label, name in enumerate(data.class_names)
             },
-            "worst_queries": sorted(
-                ({"query": q, "p@10": float(p)} for (q, _, _), p in zip(queries, precision, strict=True)),
-                key=lambda row: row["p@10"],
-            )[:5],
+            "worst_queries": [
+                {"query": queries[i][0], "p@10": float(precision[i])}
+                for i in np.argsort(precision, kind="stable")[:5]
+            ],
             "queries": len(queries),
         }
     else:
@@ -131,32 +143,52 @@ def draw(out: Path, runs: list[Evaluated], data: PairData, processor: Any) -> li
     files = []
     if data.labels is not None and all(run.prototypes is not None for run in runs):
         labels = data.labels.numpy()
-        panels = [plots.MapPanel(run.name, run.image_embeddings, labels, run.prototypes, data.class_names)
-                  for run in runs if run.prototypes is not None]
+        panels = [
+            plots.MapPanel(run.name, run.image_embeddings, labels, run.prototypes, data.class_names)
+            for run in runs
+            if run.prototypes is not None
+        ]
         plots.embedding_maps(out / "embedding_map.png", panels)
         files.append("embedding_map.png")
-        samples = [int(np.flatnonzero(labels == label)[0]) for label in range(len(data.class_names))
-                   if (labels == label).any()][:12]
-        heat = [(run.name, run.image_embeddings[samples] @ run.prototypes.T) for run in runs
-                if run.prototypes is not None]
+        samples = [
+            int(np.flatnonzero(labels == label)[0])
+            for label in range(len(data.class_names))
+            if (labels == label).any()
+        ][:12]
+        heat = [
+            (run.name, run.image_embeddings[samples] @ run.prototypes.T)
+            for run in runs
+            if run.prototypes is not None
+        ]
         rows = [f"image of {data.class_names[labels[i]]}" for i in samples]
         plots.similarity_heatmap(out / "similarity_heatmap.png", heat, rows, data.class_names)
         files.append("similarity_heatmap.png")
-        chosen = [q for q in query_set(data) if q[2] == "free-form"][:: max(len(data.class_names) // 2, 1)][:8]
+        chosen = [q for q in query_set(data) if q[2] == "free-form"][:: max(len(data.class_names) // 2, 1)][
+            :8
+        ]
         trained = runs[-1]
         query_embeddings = trained.embedder.embed_texts([q for q, _, _ in chosen])
         results = top_k(query_embeddings, trained.image_embeddings, 8)
         correct = labels[results] == np.array([label for _, label, _ in chosen])[:, None]
-        plots.retrieval_grid(out / "retrieval_grid.png", f"{trained.name}: top 8 images per text query",
-                             [q for q, _, _ in chosen], results, display_images(data, processor), correct)
+        plots.retrieval_grid(
+            out / "retrieval_grid.png",
+            f"{trained.name}: top 8 images per text query",
+            [q for q, _, _ in chosen],
+            results,
+            display_images(data, processor),
+            correct,
+        )
         files.append("retrieval_grid.png")
     else:
         n = min(len(data), 10)
         assert data.captions is not None
-        heat = [(run.name, run.image_embeddings[:n] @ run.embedder.embed_texts(data.captions[:n]).T)
-                for run in runs]
-        plots.similarity_heatmap(out / "similarity_heatmap.png", heat, [f"image {i}" for i in range(n)],
-                                 data.captions[:n])
+        heat = [
+            (run.name, run.image_embeddings[:n] @ run.embedder.embed_texts(data.captions[:n]).T)
+            for run in runs
+        ]
+        plots.similarity_heatmap(
+            out / "similarity_heatmap.png", heat, [f"image {i}" for i in range(n)], data.captions[:n]
+        )
         files.append("similarity_heatmap.png")
     return files
 
@@ -226,15 +258,21 @@ def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: l
         "## Limitations",
         "",
         "Trained for one domain; queries far from its captions, and images unlike its training images, "
-        "get embeddings of unknown quality. Zero-shot prompts: " + ", ".join(
-            f"`{t}`" for t in checkpoint.meta.prompt_templates) + ".",
+        "get embeddings of unknown quality. Zero-shot prompts: "
+        + ", ".join(f"`{t}`" for t in checkpoint.meta.prompt_templates)
+        + ".",
         "",
     ]
     return "\n".join(lines)
 
 
-def run(checkpoint_path: str, baseline_path: str | None, data_config: DataConfig, out: Path | None,
-        device: str | None = None) -> dict[str, Any]:
+def run(
+    checkpoint_path: str,
+    baseline_path: str | None,
+    data_config: DataConfig,
+    out: Path | None,
+    device: str | None = None,
+) -> dict[str, Any]:
     checkpoint = load_checkpoint(checkpoint_path, device=device)
     runs: list[Evaluated] = []
     report: dict[str, Any] = {}
@@ -257,12 +295,17 @@ def run(checkpoint_path: str, baseline_path: str | None, data_config: DataConfig
 
 
 def parser() -> argparse.ArgumentParser:
-    parse = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parse = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parse.add_argument("checkpoint", help="checkpoint directory (or hub id)")
     parse.add_argument("--baseline", help="a checkpoint to compare with (e.g. the untrained init)")
     source = parse.add_mutually_exclusive_group()
-    source.add_argument("--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR); the test split")
+    source.add_argument(
+        "--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR); the test split"
+    )
     source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
     source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
     parse.add_argument("--download-mnist", action="store_true")
@@ -275,10 +318,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kind = "captions" if args.captions else "folders" if args.image_folder else "mnist"
+    kind: Literal["mnist", "captions", "folders"] = (
+        "captions" if args.captions else "folders" if args.image_folder else "mnist"
+    )
     try:
-        data_config = DataConfig(kind=kind, mnist_dir=args.mnist_dir, captions_csv=args.captions,
-                                 image_folder=args.image_folder, download=args.download_mnist, limit=args.limit)
+        data_config = DataConfig(
+            kind=kind,
+            mnist_dir=args.mnist_dir,
+            captions_csv=args.captions,
+            image_folder=args.image_folder,
+            download=args.download_mnist,
+            limit=args.limit,
+        )
         report = run(args.checkpoint, args.baseline, data_config, args.out, args.device)
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from training.config import FreezeMode
 
 
 def _vision_blocks(model: Any) -> nn.ModuleList:
-    return model.vision_model.encoder.layers  # type: ignore[no-any-return]
+    return model.vision_model.encoder.layers
 
 
 def apply_freezing(model: Any, mode: FreezeMode, unlock_last_n: int = 1) -> list[str]:

@@ -73,8 +73,10 @@ COMPACT_CONFIGS: dict[str, CompactConfig] = {
         text_layers=1,
         text_heads=2,
     ),
-    "mnist-scratch": CompactConfig(text_tower="scratch"),
-    "mnist-minilm": CompactConfig(text_tower="minilm"),
+    # MNIST from scratch on two CPU cores: 4x4 patches of 7 px and width 192 train at ~1150 img/s
+    # (4x the throughput of 7x7 patches of 4 px at width 128, for similar accuracy per epoch).
+    "mnist-scratch": CompactConfig(patch_size=7, vision_width=192, text_tower="scratch"),
+    "mnist-minilm": CompactConfig(patch_size=7, vision_width=192, text_tower="minilm"),
 }
 
 

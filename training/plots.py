@@ -44,10 +44,18 @@ def embedding_maps(path: Path, panels: Sequence[MapPanel], seed: int = 0) -> Non
             colour = colours(label % colours.N)
             chosen = labels == label
             axis.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.5, color=colour, label=name)
-            axis.scatter(prompts[label, 0], prompts[label, 1], s=260, marker="*", color=colour,
-                         edgecolors="black", linewidths=1.2)
-            axis.annotate(name, prompts[label], fontsize=9, fontweight="bold", xytext=(6, 6),
-                          textcoords="offset points")
+            axis.scatter(
+                prompts[label, 0],
+                prompts[label, 1],
+                s=260,
+                marker="*",
+                color=colour,
+                edgecolors="black",
+                linewidths=1.2,
+            )
+            axis.annotate(
+                name, prompts[label], fontsize=9, fontweight="bold", xytext=(6, 6), textcoords="offset points"
+            )
         axis.set_title(f"{panel.title}\n(PCA of test-image embeddings; stars: class prompts)")
         axis.set_xticks([])
         axis.set_yticks([])
@@ -57,8 +65,12 @@ def embedding_maps(path: Path, panels: Sequence[MapPanel], seed: int = 0) -> Non
     plt.close(figure)
 
 
-def similarity_heatmap(path: Path, panels: Sequence[tuple[str, np.ndarray]], row_names: Sequence[str],
-                       column_names: Sequence[str]) -> None:
+def similarity_heatmap(
+    path: Path,
+    panels: Sequence[tuple[str, np.ndarray]],
+    row_names: Sequence[str],
+    column_names: Sequence[str],
+) -> None:
     """Cosine similarity of sample images (rows) and texts (columns), one panel per model."""
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
     for axis, (title, similarity) in zip(axes[0], panels, strict=True):
@@ -72,8 +84,14 @@ def similarity_heatmap(path: Path, panels: Sequence[tuple[str, np.ndarray]], row
     plt.close(figure)
 
 
-def retrieval_grid(path: Path, title: str, queries: Sequence[str], results: np.ndarray,
-                   images: np.ndarray, correct: np.ndarray) -> None:
+def retrieval_grid(
+    path: Path,
+    title: str,
+    queries: Sequence[str],
+    results: np.ndarray,
+    images: np.ndarray,
+    correct: np.ndarray,
+) -> None:
     """One row per text query with its top-k images; wrong results framed in red.
 
     `images` is (n, H, W, 3) floats in 0..1, `results` (queries, k) indices,

@@ -27,6 +27,7 @@ class Progress:
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time: comparable across busy and idle machines
     samples_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 

@@ -95,7 +95,8 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Any:
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms, embeddings and the temperature (1-d or scalar)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
@@ -182,21 +183,30 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
         if captions.frozen:
             model.text_model.eval()  # no dropout in a frozen tower: its cached outputs stay exact
         order = torch.randperm(len(train_data), generator=generator)
-        started, losses, seen = time.perf_counter(), [], 0
-        bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not config.progress, leave=False)
+        started, cpu_started, losses, seen = time.perf_counter(), time.process_time(), [], 0
+        bar = tqdm(
+            range(batches_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+        )
         for batch in bar:
             indices = order[batch * config.batch_size : (batch + 1) * config.batch_size]
             pixels = augment(train_data.pixels[indices], config.augment, generator, fill).to(device)
             texts = sample_captions(train_data, indices, generator)
-            labels = train_data.labels[indices].to(device) if (
-                config.label_aware and train_data.labels is not None) else None
+            labels = (
+                train_data.labels[indices].to(device)
+                if (config.label_aware and train_data.labels is not None)
+                else None
+            )
             with autocast():
                 image_embeds = image_features(model, pixels)
                 loss = clip_loss(image_embeds, captions(texts), model.logit_scale, labels)
                 if config.image_pair_weight > 0:
                     second = augment(train_data.pixels[indices], config.augment, generator, fill).to(device)
-                    pair = image_pair_loss(image_embeds, image_features(model, second), model.logit_scale, labels)
+                    pair = image_pair_loss(
+                        image_embeds, image_features(model, second), model.logit_scale, labels
+                    )
                     loss = loss + config.image_pair_weight * pair
             scaled = loss / config.grad_accumulation
             (scaler.scale(scaled) if scaler else scaled).backward()
@@ -223,7 +233,9 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
                 break
         bar.close()
         epoch_seconds = time.perf_counter() - started
+        epoch_cpu_seconds = time.process_time() - cpu_started
         progress.train_seconds += epoch_seconds
+        progress.cpu_seconds += epoch_cpu_seconds
         progress.samples_seen += seen
         progress.epoch = epoch + 1
         record: dict[str, Any] = {
@@ -231,6 +243,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             "train_loss": float(np.mean(losses)),
             "samples_per_s": seen / epoch_seconds,
             "seconds": epoch_seconds,
+            "cpu_seconds": epoch_cpu_seconds,
             "temperature": float(1 / model.logit_scale.detach().exp()),
         }
         model.eval()
@@ -252,7 +265,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             _save_bundle(bundle, config.output, progress, config)
         save_state(config.state_dir, model, optimizer, scheduler, scaler, generator, progress)
         out_of_time = config.max_minutes and progress.train_seconds > config.max_minutes * 60
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch or out_of_time:
+        if (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch) or out_of_time:
             break
     # Leave in memory what `output` holds: the best validation epoch.
     if best_weights is not None:
