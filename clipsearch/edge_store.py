@@ -52,7 +52,7 @@ _SCROLL_PAGE = 10_000
 
 @dataclass(frozen=True)
 class EdgeTuning:
-    """HNSW and optimiser settings; the defaults meet recall@10 >= 0.99 at 100k points (bench/store.py)."""
+    """HNSW and optimiser settings (measured with bench/store.py)."""
 
     m: int = 16
     ef_construct: int = 128
@@ -64,7 +64,10 @@ class EdgeTuning:
     # Few, large segments: one graph walk per query instead of many small ones.
     default_segment_number: int = 1
     indexing_threshold_kb: int = 1000
+    max_segment_size_kb: int | None = None  # None: Edge's default
     max_indexing_threads: int = 0  # 0: as many as there are cores
+    # One query walks one graph; more threads only help with many segments and idle cores.
+    max_search_threads: int | None = None
 
     def edge_config(self, dim: int, vector_names: Sequence[str]) -> qe.EdgeConfig:
         hnsw = qe.HnswIndexConfig(
@@ -77,9 +80,15 @@ class EdgeTuning:
         optimizers = qe.EdgeOptimizersConfig(
             default_segment_number=self.default_segment_number,
             indexing_threshold=self.indexing_threshold_kb,
+            max_segment_size=self.max_segment_size_kb,
         )
         vectors = {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in vector_names}
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, optimizers=optimizers)
+        return qe.EdgeConfig(
+            vectors=vectors,
+            hnsw_config=hnsw,
+            optimizers=optimizers,
+            max_search_threads=self.max_search_threads,
+        )
 
 
 def _payload_schema(kind: type) -> qe.PayloadSchemaType:
@@ -138,8 +147,9 @@ class EdgeStore:
         except BlockingIOError as exc:
             handle.close()
             raise StoreUnavailable(
-                f"the embedded store {self.root} is in use by another process; "
-                "stop it, or point both at a Qdrant server (QDRANT_URL)"
+                f"the embedded vector store at {self.root} is in use by another process (for example the "
+                "gateway). The embedded store allows one process at a time: run the indexer before "
+                "starting the gateway, or point both at a Qdrant server URL."
             ) from exc
         handle.seek(0)
         handle.truncate()
