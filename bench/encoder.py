@@ -17,6 +17,7 @@ import io
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -170,7 +171,10 @@ def main() -> None:
         )
         print(f"{args.items} items per measurement; rates in items/s, best of {REPEATS} runs\n")
 
-        local = in_process_rates(Embedder.from_checkpoint(loaded), images, texts)
+        # The in-process loop runs on one worker thread, as the service's inference does: on a busy
+        # machine torch's OpenMP pool behaves very differently on the main thread than on others.
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            local = worker.submit(in_process_rates, Embedder.from_checkpoint(loaded), images, texts).result()
         base = EncoderSettings(checkpoint=checkpoint, host="127.0.0.1", port=0, metrics_enabled=False)
         remote = serve_and_measure(base, images, texts, concurrent=False)
         batched = serve_and_measure(base, images, texts, concurrent=True)

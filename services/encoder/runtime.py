@@ -33,7 +33,10 @@ class EncoderRuntime:
         self.checkpoint = checkpoint
         self.settings = settings
         self.embedder = Embedder.from_checkpoint(checkpoint)
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-inference")
+        # Thread settings of torch's OpenMP pool are per calling thread: apply them on the inference thread.
+        self._inference = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="encoder-inference", initializer=self._init_inference_thread
+        )
         self._preprocess = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
         )
@@ -53,10 +56,12 @@ class EncoderRuntime:
     @classmethod
     def load(cls, settings: EncoderSettings, metrics: EncoderMetrics) -> EncoderRuntime:
         """Blocking: load the checkpoint (CheckpointError names what is wrong)."""
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
         checkpoint = load_checkpoint(settings.checkpoint, device=settings.device, dtype=settings.dtype)
         return cls(checkpoint, settings, metrics)
+
+    def _init_inference_thread(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
 
     def start(self) -> None:
         self.texts.start()
