@@ -34,6 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--mnist-download", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--folder", type=Path, help="image folder (one subfolder per class)")
     parser.add_argument("--csv", type=Path, help="caption CSV: image_path,caption[,label]")
+    parser.add_argument("--limit", type=int, help="index only the first N items")
     parser.add_argument("--mode", choices=["full", "incremental"])
     parser.add_argument("--keep-versions", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -33,6 +33,7 @@ class IndexerSettings(BaseSettings):
     mnist_download: bool = False
     folder: Path | None = None
     csv: Path | None = None
+    limit: int | None = Field(default=None, ge=1)  # index only the first N items (smoke runs, benchmarks)
 
     mode: Mode = "full"
     keep_versions: int = Field(default=2, ge=1)

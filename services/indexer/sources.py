@@ -193,7 +193,11 @@ def _unique(items: list[SourceItem], bad: list[BadItem]) -> list[SourceItem]:
 
 def open_source(settings: IndexerSettings) -> Source:
     readers = {"mnist": _mnist_source, "folder": _folder_source, "csv": _csv_source}
-    return readers[settings.source](settings)
+    source = readers[settings.source](settings)
+    if settings.limit is not None:
+        source.items = source.items[: settings.limit]
+        source.identity += f"[:{settings.limit}]"  # a subset is its own source: never mixed with the whole
+    return source
 
 
 def prepare(item: SourceItem) -> PreparedItem:
