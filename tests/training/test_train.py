@@ -158,3 +158,34 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     assert train_main(["train", "--model", str(tmp_path / "nope"), "--mnist-dir", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "nope")]) == 2
+
+
+def test_fine_tunes_an_existing_checkpoint_with_last_n_unlocked(
+    tmp_path: Path, tiny_checkpoint: Path, mnist_idx_dir: Path
+) -> None:
+    config = tiny_config(
+        tmp_path,
+        DataConfig(mnist_dir=mnist_idx_dir),
+        model=str(tiny_checkpoint),
+        epochs=1,
+        freeze=FreezeMode.LAST_N,
+        unlock_last_n=1,
+        grad_accumulation=2,
+    )
+    result = train(config)
+    before = safetensors.torch.load_file(str(tiny_checkpoint / "model.safetensors"))
+    after = safetensors.torch.load_file(str(result.output / "model.safetensors"))
+    assert torch.equal(
+        before["text_model.embeddings.token_embedding.weight"],
+        after["text_model.embeddings.token_embedding.weight"],
+    )
+    assert not torch.equal(before["visual_projection.weight"], after["visual_projection.weight"])
+    assert load_checkpoint(result.output).meta.sketch_normalization.value == "mnist"
+
+
+def test_early_stopping_ends_when_validation_stops_improving(tmp_path: Path, mnist_idx_dir: Path) -> None:
+    # A learning rate this small leaves the validation metric where it was: no improvement after epoch 1.
+    config = tiny_config(tmp_path, DataConfig(mnist_dir=mnist_idx_dir), epochs=6, patience=2, lr=1e-12)
+    result = train(config)
+    assert result.progress.epoch == 3
+    assert result.progress.best_epoch == 1
