@@ -44,7 +44,9 @@ async def test_results_arrive_in_order_with_per_item_errors(encoder_target: str)
 
     async with EncoderClient(encoder_target) as client:
         info = await client.model_info()
-        embedder = StreamEmbedder(client, fingerprint=info.fingerprint, concurrency=3, deadline_s=30, retries=0)
+        embedder = StreamEmbedder(
+            client, fingerprint=info.fingerprint, concurrency=3, deadline_s=30, retries=0
+        )
         stats = await embedder.run(6, load_with_a_bad_item, handle)
     assert [number for number, _ in answered] == list(range(6))
     errors = {number: [bool(e) for e in errs] for number, errs in answered}
@@ -70,7 +72,9 @@ async def test_a_restarted_encoder_gets_the_unanswered_batches_again(tiny_checkp
 
         async with EncoderClient(f"127.0.0.1:{port}") as client:
             info = await client.model_info()
-            embedder = StreamEmbedder(client, fingerprint=info.fingerprint, concurrency=2, deadline_s=30, retries=5)
+            embedder = StreamEmbedder(
+                client, fingerprint=info.fingerprint, concurrency=2, deadline_s=30, retries=5
+            )
             stats = await embedder.run(8, load, handle)
     assert answered == list(range(8))  # each batch once, in order, none lost
     assert stats.reconnects >= 1
