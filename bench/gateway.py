@@ -1,0 +1,245 @@
+"""Text-query latency through the gateway's HTTP API vs calling the encoder and store directly.
+
+    python -m bench.gateway [--requests 2000] [--clients 8] [--limit 10000]
+
+Uses var/checkpoints/mnist-compact when it exists (else a compact model with random
+vision weights), indexes the MNIST test set ($MNIST_DIR, else var/data/mnist) into a
+temporary embedded store with the real indexer, then measures, with the same
+queries and concurrency, in the same run:
+
+  direct: EncoderClient.embed_texts + store.search from this process (the floor);
+  http:   POST /api/v1/search/text on the gateway (uvicorn, its own process).
+
+Target: http p50 <= 15 ms and p99 <= 50 ms with 8 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from clipsearch.encoder_client import EncoderClient
+from clipsearch.store import open_store
+
+TRAINED = Path("var/checkpoints/mnist-compact")
+QUERIES = [
+    f"{template.format(word)}"
+    for word in ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for template in ("a handwritten digit {}.", "the number {}", "{}")
+]
+P50_TARGET_MS, P99_TARGET_MS = 15.0, 50.0
+COLLECTION = "mnist"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # Output to a file: an unread pipe would fill up and stall the service.
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], process: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
+    deadline = time.monotonic() + 180
+    while not await check():
+        if process.poll() is not None:
+            output = await asyncio.to_thread(log.read_text, errors="replace")
+            raise SystemExit(f"{what} exited ({process.returncode}):\n{output[-2000:]}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not become ready")
+        await asyncio.sleep(0.3)
+
+
+def checkpoint(workdir: Path) -> tuple[str, str]:
+    if (TRAINED / "model.safetensors").is_file():
+        return str(TRAINED), "trained compact model"
+    from training.models import build_compact
+
+    target = workdir / "random-compact"
+    build_compact("mnist-minilm", seed=0).save(target)
+    return str(target), "compact model with random weights (no trained checkpoint found)"
+
+
+async def measure(call: Callable[[str], Awaitable[None]], requests: int, clients: int) -> np.ndarray:
+    """Latencies in ms of `requests` calls spread over `clients` concurrent workers."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for number in counter:
+            started = time.perf_counter()
+            await call(QUERIES[number % len(QUERIES)])
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return np.asarray(latencies)
+
+
+def summary(name: str, latencies: np.ndarray, wall_s: float) -> str:
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    return (
+        f"{name:7s} p50 {p50:6.2f} ms  p90 {p90:6.2f} ms  p99 {p99:6.2f} ms  "
+        f"{len(latencies) / wall_s:7.0f} req/s"
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    mnist_dir = os.environ.get("MNIST_DIR", "var/data/mnist")
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
+        workdir = Path(scratch)
+        model_path, model_kind = checkpoint(workdir)
+        encoder_port, http_port = free_port(), free_port()
+        target = f"127.0.0.1:{encoder_port}"
+        store_path, media_dir = workdir / "qdrant", workdir / "media"
+        print(f"model: {model_path} ({model_kind})")
+        encoder = start(
+            "services.encoder",
+            {
+                "ENCODER_CHECKPOINT": model_path,
+                "ENCODER_HOST": "127.0.0.1",
+                "ENCODER_PORT": str(encoder_port),
+                "ENCODER_METRICS_PORT": "0",
+            },
+            workdir / "encoder.log",
+        )
+        gateway: subprocess.Popen[bytes] | None = None
+        try:
+            async with EncoderClient(target) as client:
+                await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
+                started = time.perf_counter()
+                indexed = await asyncio.to_thread(
+                    subprocess.run,
+                    [
+                        sys.executable,
+                        "-m",
+                        "services.indexer",
+                        "--no-progress",
+                        *(["--limit", str(args.limit)] if args.limit else []),
+                    ],
+                    env={
+                        **os.environ,
+                        "INDEXER_ENCODER": target,
+                        "INDEXER_STORE_PATH": str(store_path),
+                        "INDEXER_MEDIA_DIR": str(media_dir),
+                        "INDEXER_COLLECTION": COLLECTION,
+                        "INDEXER_SOURCE": "mnist",
+                        "INDEXER_MNIST_DIR": mnist_dir,
+                        "INDEXER_MNIST_SPLIT": "test",
+                    },
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                )
+                if indexed.returncode != 0:
+                    raise SystemExit(f"indexing failed:\n{indexed.stderr[-2000:]}")
+                print(f"indexed in {time.perf_counter() - started:.0f} s: {indexed.stdout.strip()}")
+
+                # Direct: the same work the gateway does, without HTTP and validation.
+                store = open_store(None, store_path)
+                try:
+                    count = store.collection_info(COLLECTION)
+                    print(f"collection: {count.count if count else 0} items")
+
+                    async def direct(query: str) -> None:
+                        vector = (await client.embed_texts([query]))[0]
+                        await asyncio.to_thread(store.search, COLLECTION, vector, k=10)
+
+                    await measure(direct, 50, args.clients)  # warm-up
+                    started = time.perf_counter()
+                    direct_ms = await measure(direct, args.requests, args.clients)
+                    direct_wall = time.perf_counter() - started
+                finally:
+                    store.close()  # the embedded store admits one process: hand it to the gateway
+
+            gateway = start(
+                "services.gateway",
+                {
+                    "GATEWAY_ENCODER": target,
+                    "GATEWAY_STORE_PATH": str(store_path),
+                    "GATEWAY_MEDIA_DIR": str(media_dir),
+                    "GATEWAY_COLLECTION": COLLECTION,
+                    "GATEWAY_HOST": "127.0.0.1",
+                    "GATEWAY_HTTP_PORT": str(http_port),
+                    "GATEWAY_GRPC_PORT": str(free_port()),
+                },
+                workdir / "gateway.log",
+            )
+            limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits) as http:
+
+                async def ready() -> bool:
+                    try:
+                        return (await http.get("/readyz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                await wait_for(ready, gateway, "gateway", workdir / "gateway.log")
+
+                async def through_http(query: str) -> None:
+                    reply = await http.post("/api/v1/search/text", json={"query": query, "k": 10})
+                    reply.raise_for_status()
+
+                await measure(through_http, 50, args.clients)  # warm-up
+                started = time.perf_counter()
+                http_ms = await measure(through_http, args.requests, args.clients)
+                http_wall = time.perf_counter() - started
+        finally:
+            if gateway is not None:
+                stop(gateway)
+            stop(encoder)
+
+    print(f"{args.requests} text queries, {args.clients} concurrent clients, k=10")
+    print(summary("direct", direct_ms, direct_wall))
+    print(summary("http", http_ms, http_wall))
+    http_p50, http_p99 = np.percentile(http_ms, [50, 99])
+    direct_p50, direct_p99 = np.percentile(direct_ms, [50, 99])
+    print(f"ratio http/direct: p50 {http_p50 / direct_p50:.2f}x  p99 {http_p99 / direct_p99:.2f}x")
+    meets = http_p50 <= P50_TARGET_MS and http_p99 <= P99_TARGET_MS
+    print(
+        f"target http p50 <= {P50_TARGET_MS:.0f} ms, p99 <= {P99_TARGET_MS:.0f} ms: "
+        f"{'met' if meets else 'NOT met'} (machine: {os.cpu_count()} CPUs)"
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="index only the first N test images")
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
