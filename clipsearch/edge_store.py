@@ -252,7 +252,7 @@ class EdgeStore:
             alias=alias,
             fingerprint=meta["fingerprint"],
             dim=int(meta["dim"]),
-            vector_names=list(meta["vector_names"]),
+            vector_names=sorted(meta["vector_names"]),
             count=self.count(name),
             complete=bool(meta["complete"]),
             extra={key: meta[key] for key in _EXTRA_KEYS if key in meta},

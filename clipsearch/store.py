@@ -4,8 +4,9 @@ Collections are versioned behind an alias: the indexer builds a new physical
 collection (a "version") and swaps the alias to it when complete, so readers
 always search a complete index through the alias name.
 
-Implementations: `QdrantStore` (qdrant-client: a server by URL, or a local
-path for the embedded default). See `open_store`.
+Implementations: `QdrantStore` (qdrant-client: a server by URL, or its local
+mode by path) and `clipsearch.edge_store.EdgeStore` (Qdrant Edge in process: the
+embedded default). See `open_store`.
 """
 
 from __future__ import annotations
@@ -452,9 +453,14 @@ class QdrantStore:
             self._client.close()
 
 
-def open_store(url: str | None, path: Path | None, api_key: str | None = None) -> QdrantStore:
+def open_store(
+    url: str | None, path: Path | None, api_key: str | None = None, *, backend: str = "edge"
+) -> VectorStore:
     """A Qdrant server by URL (gRPC preferred), else the embedded store in `path`.
 
+    The embedded store is Qdrant Edge (`backend="edge"`: HNSW and payload indexes, in
+    process) unless `path` already holds a qdrant-client local-mode store, or
+    `backend="local"` asks for one (brute force in Python; kept for comparison).
     Raises StoreUnavailable when the embedded store is held by another process.
     """
     if url:
@@ -465,6 +471,12 @@ def open_store(url: str | None, path: Path | None, api_key: str | None = None) -
     if path is None:
         raise StoreError("give either a Qdrant server URL or a local store path")
     path = Path(path)
+    if backend not in ("edge", "local"):
+        raise StoreError(f"unknown embedded store backend {backend!r}: use 'edge' or 'local'")
+    if backend == "edge" and not (path / "meta.json").exists():  # meta.json: an existing local-mode store
+        from clipsearch.edge_store import EdgeStore  # here: edge_store imports this module
+
+        return EdgeStore(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         client = QdrantClient(path=str(path))

@@ -33,7 +33,7 @@ from clipsearch.store import (
 DIM = 8
 Opener = Callable[[Path], VectorStore]
 BACKENDS: dict[str, Opener] = {
-    "local": lambda path: open_store(None, path),
+    "local": lambda path: open_store(None, path, backend="local"),
     "edge": lambda path: EdgeStore(path),
 }
 
@@ -211,6 +211,22 @@ def test_user_mistakes_are_clear_errors(backend: Opener, tmp_path: Path) -> None
         assert store.collection_info("nowhere") is None
     finally:
         store.close()
+
+
+def test_open_store_embeds_edge_unless_the_path_holds_a_local_mode_store(tmp_path: Path) -> None:
+    default = open_store(None, tmp_path / "new")
+    try:
+        assert isinstance(default, EdgeStore)
+    finally:
+        default.close()
+    open_store(None, tmp_path / "old", backend="local").close()  # written by qdrant-client local mode
+    existing = open_store(None, tmp_path / "old")
+    try:
+        assert not isinstance(existing, EdgeStore)  # its data stays readable
+    finally:
+        existing.close()
+    with pytest.raises(StoreError, match="unknown embedded store backend"):
+        open_store(None, tmp_path / "x", backend="faiss")
 
 
 def test_a_second_process_gets_store_unavailable(backend: Opener, tmp_path: Path) -> None:
