@@ -59,7 +59,7 @@ def clustered(n: int, queries: int, dim: int, intrinsic: int, seed: int = 0) -> 
             for label in range(LABELS):
                 rows = labels == label
                 points[rows] += coords[rows] @ bases[label]
-        noise = 0.25 if intrinsic > 0 else 0.9
+        noise = 0.3 if intrinsic > 0 else 0.9
         points += noise * rng.normal(size=(count, dim)) / np.sqrt(dim)
         points /= np.linalg.norm(points, axis=1, keepdims=True)
         return points.astype(np.float32), labels
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rows += store_rows(f"edge (ef={ef})", edge, data, args.queries)
             edge.close()
             if not args.skip_local:
-                local = open_store(None, Path(root) / "local")
+                local = open_store(None, Path(root) / "local", backend="local")
                 started = time.perf_counter()
                 fill(local, data)
                 print(f"local mode: {size} points loaded in {time.perf_counter() - started:.1f}s", flush=True)
