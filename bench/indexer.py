@@ -100,6 +100,29 @@ async def indexer(
     return report.count / (time.perf_counter() - started), report.count
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by `pid` (Linux /proc)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of this process and of the encoder process over a block of work."""
+
+    def __init__(self, encoder_pid: int | None) -> None:
+        self.encoder_pid = encoder_pid
+
+    @contextlib.contextmanager
+    def measure(self, into: dict[str, float]) -> Iterator[None]:
+        own, encoder = cpu_s(), cpu_s(self.encoder_pid) if self.encoder_pid else 0.0
+        yield
+        into["client"] = cpu_s() - own
+        into["encoder"] = cpu_s(self.encoder_pid) - encoder if self.encoder_pid else float("nan")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,7 +130,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def encoder_subprocess(checkpoint: Path | None, work: Path) -> Iterator[str]:
+def encoder_subprocess(checkpoint: Path | None, work: Path) -> Iterator[tuple[str, int]]:
     if checkpoint is None:
         from training.models import build_compact
 
@@ -126,7 +149,7 @@ def encoder_subprocess(checkpoint: Path | None, work: Path) -> Iterator[str]:
     target = f"127.0.0.1:{port}"
     try:
         asyncio.run(wait_serving(target, process))
-        yield target
+        yield target, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -149,7 +172,8 @@ def parse_sweep(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
-async def run(args: argparse.Namespace, target: str, work: Path) -> None:
+async def run(args: argparse.Namespace, target: str, work: Path, encoder_pid: int | None) -> None:
+    meter = CpuMeter(encoder_pid)
     pngs = mnist_pngs(args.mnist_dir, args.limit)
     async with EncoderClient(target) as client:
         info = await client.model_info()
@@ -159,16 +183,35 @@ async def run(args: argparse.Namespace, target: str, work: Path) -> None:
     print(f"CPU cores: {os.cpu_count()}; subset: {len(pngs)} MNIST images (train, then test)\n")
     await encoder_only(target, pngs[: min(2048, len(pngs))], 64, 4)  # warm-up
 
-    print(f"{'batch':>5} {'in flight':>9} {'encoder img/s':>14} {'indexer img/s':>14} {'ratio':>6}")
+    print(
+        f"{'batch':>5} {'in flight':>9} {'encoder img/s':>14} {'indexer img/s':>14} {'ratio':>6}"
+        f" {'encoder CPU ms/img':>19} {'indexer CPU ms/img':>19}"
+    )
     best: tuple[float, int, int] = (0.0, 64, 4)
+    cpu_totals = {"encoder": 0.0, "client": 0.0}
     for batch_size, concurrency in parse_sweep(args.sweep):
         baseline = await encoder_only(target, pngs, batch_size, concurrency)
-        indexed, count = await indexer(target, args.mnist_dir, args.limit, batch_size, concurrency, work)
+        cpu: dict[str, float] = {}
+        with meter.measure(cpu):
+            indexed, count = await indexer(target, args.mnist_dir, args.limit, batch_size, concurrency, work)
         assert count == len(pngs), f"indexer wrote {count} points for {len(pngs)} images"
         ratio = indexed / baseline
-        print(f"{batch_size:>5} {concurrency:>9} {baseline:>14.0f} {indexed:>14.0f} {ratio:>6.2f}")
+        print(
+            f"{batch_size:>5} {concurrency:>9} {baseline:>14.0f} {indexed:>14.0f} {ratio:>6.2f}"
+            f" {1000 * cpu['encoder'] / count:>19.2f} {1000 * cpu['client'] / count:>19.2f}"
+        )
+        cpu_totals["encoder"] += cpu["encoder"]
+        cpu_totals["client"] += cpu["client"]
         if indexed > best[0]:
             best = (indexed, batch_size, concurrency)
+
+    if encoder_pid:
+        # Where the indexer and the encoder share the cores, and the encoder is CPU-bound, the
+        # best ratio the indexer can reach is the encoder's share of the CPU work per image.
+        share = cpu_totals["encoder"] / (cpu_totals["encoder"] + cpu_totals["client"])
+        print(
+            f"\nencoder share of the CPU per indexed image: {share:.2f} (the ratio's ceiling on shared cores)"
+        )
 
     if args.full:
         _, batch_size, concurrency = best
@@ -200,10 +243,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-indexer-") as scratch:
         work = Path(scratch)
         if args.encoder:
-            asyncio.run(run(args, args.encoder, work))
+            asyncio.run(run(args, args.encoder, work, None))
         else:
-            with encoder_subprocess(args.checkpoint, work) as target:
-                asyncio.run(run(args, target, work))
+            with encoder_subprocess(args.checkpoint, work) as (target, pid):
+                asyncio.run(run(args, target, work, pid))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class IndexerSettings(BaseSettings):
     source: SourceKind = "mnist"
     # INDEXER_MNIST_DIR, or the MNIST_DIR that training and the tests use.
     mnist_dir: Path | None = Field(
-        default=None, validation_alias=AliasChoices("mnist_dir", "INDEXER_MNIST_DIR", "MNIST_DIR")
+        default=None, validation_alias=AliasChoices("INDEXER_MNIST_DIR", "MNIST_DIR")
     )
     mnist_split: MnistSplitChoice = "test"
     mnist_download: bool = False
