@@ -336,4 +336,5 @@ async def run_index(
         await client.close()
 
 
-USER_ERRORS = (IndexerError, StoreError, EncoderUnavailable, EncoderInputError)
+# OSError: an unwritable media or store directory, a full disk.
+USER_ERRORS = (IndexerError, StoreError, EncoderUnavailable, EncoderInputError, OSError)
