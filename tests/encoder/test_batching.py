@@ -106,3 +106,14 @@ async def test_a_cancelled_caller_does_not_break_the_others(executor: ThreadPool
     finally:
         await batcher.close()
     assert float(rows[0, 0]) == 8.0
+
+
+async def test_zero_wait_still_batches_what_is_already_queued(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    batcher = await _started(recorder, executor, max_wait_ms=0.0)
+    try:
+        results = await asyncio.gather(*[batcher.submit([float(i)]) for i in range(6)])
+    finally:
+        await batcher.close()
+    assert [float(r[0, 0]) for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert len(recorder.sizes) < 6
