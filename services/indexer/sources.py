@@ -99,7 +99,9 @@ def _mnist_source(settings: IndexerSettings) -> Source:
         except DatasetError as exc:
             raise SourceError(str(exc)) from None
         images, labels = data.images, data.labels
-        for index in range(len(labels)):
+        # Stop listing at the limit: ids for all 70,000 images cost a second or two.
+        room = len(labels) if settings.limit is None else max(0, settings.limit - len(items))
+        for index in range(min(len(labels), room)):
             relative = f"{split}/{index}"
             label = int(labels[index])
             items.append(
