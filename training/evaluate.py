@@ -163,9 +163,12 @@ def draw(out: Path, runs: list[Evaluated], data: PairData, processor: Any) -> li
         rows = [f"image of {data.class_names[labels[i]]}" for i in samples]
         plots.similarity_heatmap(out / "similarity_heatmap.png", heat, rows, data.class_names)
         files.append("similarity_heatmap.png")
-        chosen = [q for q in query_set(data) if q[2] == "free-form"][:: max(len(data.class_names) // 2, 1)][
-            :8
-        ]
+        free_form = [q for q in query_set(data) if q[2] == "free-form"]
+        # One free-form query per class (up to 10 rows), cycling through the phrasings.
+        chosen = []
+        for label in range(min(len(data.class_names), 10)):
+            options = [q for q in free_form if q[1] == label]
+            chosen.append(options[label % len(options)])
         trained = runs[-1]
         query_embeddings = trained.embedder.embed_texts([q for q, _, _ in chosen])
         results = top_k(query_embeddings, trained.image_embeddings, 8)
@@ -246,7 +249,8 @@ def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: l
             "",
             f"`python -m training train` with model `{record['config']['model']}`, "
             f"{progress['epoch']} epochs, {progress['train_seconds']:.0f} s of training "
-            f"({progress['samples_seen'] / max(progress['train_seconds'], 1e-9):.0f} samples/s), best validation "
+            f"({progress['samples_seen'] / max(progress['train_seconds'], 1e-9):.0f} samples/s; "
+            f"{progress.get('cpu_seconds', 0.0):.0f} s of process CPU time), best validation "
             f"metric {progress['best_metric']} at epoch {progress['best_epoch']}. Full config and per-epoch "
             "history: `training.json`.",
         ]
