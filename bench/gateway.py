@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import FrameType
 
 import httpx
 import numpy as np
@@ -89,6 +91,14 @@ def checkpoint(workdir: Path) -> tuple[str, str]:
     return str(target), "compact model with random weights (no trained checkpoint found)"
 
 
+async def timed(
+    call: Callable[[str], Awaitable[None]], requests: int, clients: int
+) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    latencies = await measure(call, requests, clients)
+    return latencies, time.perf_counter() - started
+
+
 async def measure(call: Callable[[str], Awaitable[None]], requests: int, clients: int) -> np.ndarray:
     """Latencies in ms of `requests` calls spread over `clients` concurrent workers."""
     latencies: list[float] = []
@@ -128,10 +138,12 @@ async def run(args: argparse.Namespace) -> int:
                 "ENCODER_HOST": "127.0.0.1",
                 "ENCODER_PORT": str(encoder_port),
                 "ENCODER_METRICS_PORT": "0",
+                "ENCODER_TORCH_THREADS": str(args.encoder_threads),
             },
             workdir / "encoder.log",
         )
         gateway: subprocess.Popen[bytes] | None = None
+        results: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
         try:
             async with EncoderClient(target) as client:
                 await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
@@ -174,9 +186,8 @@ async def run(args: argparse.Namespace) -> int:
                         await asyncio.to_thread(store.search, COLLECTION, vector, k=10)
 
                     await measure(direct, 50, args.clients)  # warm-up
-                    started = time.perf_counter()
-                    direct_ms = await measure(direct, args.requests, args.clients)
-                    direct_wall = time.perf_counter() - started
+                    results["direct", 1] = await timed(direct, args.requests // 4, 1)
+                    results["direct", args.clients] = await timed(direct, args.requests, args.clients)
                 finally:
                     store.close()  # the embedded store admits one process: hand it to the gateway
 
@@ -209,35 +220,46 @@ async def run(args: argparse.Namespace) -> int:
                     reply.raise_for_status()
 
                 await measure(through_http, 50, args.clients)  # warm-up
-                started = time.perf_counter()
-                http_ms = await measure(through_http, args.requests, args.clients)
-                http_wall = time.perf_counter() - started
+                results["http", 1] = await timed(through_http, args.requests // 4, 1)
+                results["http", args.clients] = await timed(through_http, args.requests, args.clients)
         finally:
             if gateway is not None:
                 stop(gateway)
             stop(encoder)
 
-    print(f"{args.requests} text queries, {args.clients} concurrent clients, k=10")
-    print(summary("direct", direct_ms, direct_wall))
-    print(summary("http", http_ms, http_wall))
-    http_p50, http_p99 = np.percentile(http_ms, [50, 99])
-    direct_p50, direct_p99 = np.percentile(direct_ms, [50, 99])
-    print(f"ratio http/direct: p50 {http_p50 / direct_p50:.2f}x  p99 {http_p99 / direct_p99:.2f}x")
+    print(f"text queries, k=10, encoder torch threads {args.encoder_threads}, {os.cpu_count()} CPUs")
+    for clients in (1, args.clients):
+        print(f"-- {clients} concurrent client{'s' if clients > 1 else ''}:")
+        for path in ("direct", "http"):
+            print(summary(path, *results[path, clients]))
+        (http_p50, http_p99), (direct_p50, direct_p99) = (
+            np.percentile(results[path, clients][0], [50, 99]) for path in ("http", "direct")
+        )
+        print(f"ratio http/direct: p50 {http_p50 / direct_p50:.2f}x  p99 {http_p99 / direct_p99:.2f}x")
+    http_p50, http_p99 = np.percentile(results["http", args.clients][0], [50, 99])
     meets = http_p50 <= P50_TARGET_MS and http_p99 <= P99_TARGET_MS
     print(
-        f"target http p50 <= {P50_TARGET_MS:.0f} ms, p99 <= {P99_TARGET_MS:.0f} ms: "
-        f"{'met' if meets else 'NOT met'} (machine: {os.cpu_count()} CPUs)"
+        f"target with {args.clients} clients, http p50 <= {P50_TARGET_MS:.0f} ms and p99 <= {P99_TARGET_MS:.0f} ms: "
+        f"{'met' if meets else 'NOT met'}"
     )
     return 0
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # so the services started here are stopped on SIGTERM too
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="index only the first N test images")
+    # One intra-op thread: on a small shared machine, OpenMP threads spinning against the gateway
+    # and the clients make single-query latency many times worse.
+    parser.add_argument("--encoder-threads", type=int, default=1, help="torch threads in the encoder")
     return asyncio.run(run(parser.parse_args()))
 
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Room for multipart framing and the other form fields around one upload.
 FORM_OVERHEAD_BYTES = 64 * 1024
+# Whole-body cap: one upload in a form, or a mixed query's base64 parts (each capped again after decoding).
+BODY_UPLOADS = 2
 
 
 def create_app(settings: GatewaySettings | None = None, core: SearchCore | None = None) -> FastAPI:
@@ -74,7 +76,7 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
     app.add_middleware(
         GuardMiddleware,
         metrics=app.state.metrics,
-        max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        max_body_bytes=BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
     )
     return app
 

@@ -477,7 +477,8 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
     if len(clean) > MAX_TEMPLATES:
         raise QueryError(f"at most {MAX_TEMPLATES} templates, got {len(clean)}")
     for template in clean:
-        if template.count("{}") != 1 or "{" in template.replace("{}", ""):
+        rest = template.replace("{}", "")
+        if template.count("{}") != 1 or "{" in rest or "}" in rest:
             raise QueryError(f'template {template!r} must contain "{{}}" exactly once (for the label)')
     return clean
 
