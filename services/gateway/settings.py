@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,3 +40,11 @@ class GatewaySettings(BaseSettings):
 
     # How long model and collection facts are reused before they are asked for again.
     info_ttl_s: float = Field(default=5.0, ge=0)
+
+    @field_validator(
+        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # GATEWAY_API_KEY= (empty, as compose files and .env templates often leave it) means none.
+        return None if value == "" else value

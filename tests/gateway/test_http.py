@@ -427,3 +427,15 @@ async def test_store_held_elsewhere_is_503_and_recovers(gateway: GatewayFactory,
     assert "in use" in held.json()["detail"]
     assert not_ready.status_code == 503
     assert back.status_code == 200, back.text
+
+
+def test_settings_treat_empty_values_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("GATEWAY_API_KEY", "")
+    monkeypatch.setenv("GATEWAY_QDRANT_URL", "")
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", '["https://a.example"]')
+    settings = GatewaySettings()
+    assert settings.api_key is None
+    assert settings.qdrant_url is None
+    assert settings.cors_origins == ["https://a.example"]
