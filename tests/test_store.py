@@ -47,7 +47,8 @@ def make_points(n: int, *, captions: bool = False) -> list[Point]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[QdrantStore]:
-    opened = open_store(None, tmp_path / "qdrant")
+    opened = open_store(None, tmp_path / "qdrant", backend="local")
+    assert isinstance(opened, QdrantStore)
     yield opened
     opened.close()
 
@@ -164,10 +165,11 @@ def test_ids_delete_and_count(store: QdrantStore) -> None:
 
 def test_versions_and_alias_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "qdrant"
-    first = open_store(None, path)
+    first = open_store(None, path, backend="local")
+    assert isinstance(first, QdrantStore)
     name = build(first, "digits", make_points(6), fingerprint="persisted")
     first.close()
-    reopened = open_store(None, path)
+    reopened = open_store(None, path, backend="local")
     try:
         info = reopened.collection_info("digits")
         assert info is not None
@@ -178,7 +180,7 @@ def test_versions_and_alias_survive_reopening(tmp_path: Path) -> None:
 
 def test_a_locked_embedded_store_says_who_to_blame(store: QdrantStore, tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="in use by another process"):
-        open_store(None, tmp_path / "qdrant")
+        open_store(None, tmp_path / "qdrant", backend="local")
 
 
 def test_unreachable_server_is_unavailable() -> None:
