@@ -10,6 +10,9 @@ Non-interactive and repeatable; each step is skipped when its result exists:
    store var/qdrant; it reuses a complete index built with the same model.
 5. Gateway (`python -m services.gateway`), waited for until ready; prints the URL.
 
+Ports and limits: DEMO_HTTP_PORT (8080), DEMO_GRPC_PORT (50052), DEMO_ENCODER_PORT
+(50051), DEMO_HOST (127.0.0.1), DEMO_INDEX_LIMIT (index only the first N images).
+
 Ctrl-C or SIGTERM stops every process started here. The embedded store admits
 one process at a time, so the indexer finishes before the gateway opens it.
 """
@@ -43,6 +46,8 @@ HTTP_PORT = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
 GRPC_PORT = int(os.environ.get("DEMO_GRPC_PORT", "50052"))
 HOST = os.environ.get("DEMO_HOST", "127.0.0.1")
 TRAIN_MINUTES = os.environ.get("DEMO_TRAIN_MINUTES", "20")
+# Index only the first N test images (smoke runs); unset: all 10,000.
+INDEX_LIMIT = os.environ.get("DEMO_INDEX_LIMIT")
 STARTUP_TIMEOUT_S = 300.0
 
 
@@ -220,6 +225,7 @@ def main() -> int:
                 "INDEXER_MNIST_SPLIT": "test",
                 "INDEXER_MODE": index_mode(encoder_target),
             },
+            *(["--limit", INDEX_LIMIT] if INDEX_LIMIT else []),
         )
         processes.start(
             "gateway",

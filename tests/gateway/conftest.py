@@ -25,6 +25,7 @@ from services.gateway.app import create_app
 from services.gateway.search import MEDIA_KEY_FIELD
 from services.gateway.settings import GatewaySettings
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTION = "digits"
 # Strokes of crude digits on a 28x28 grid: enough for distinct images per label.
 STROKES: dict[int, list[tuple[int, int, int, int]]] = {

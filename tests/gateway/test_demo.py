@@ -1,0 +1,75 @@
+"""`python -m scripts.demo` as a user runs it: a tiny model, a few hundred MNIST images, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.conftest import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, deadline_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + deadline_s
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} in the demo's output:\n{''.join(lines[-40:])}")
+
+
+def test_demo_serves_search_and_stops_everything_on_sigterm(
+    tmp_path: Path, tiny_checkpoint: Path, mnist_dir: Path
+) -> None:
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "CHECKPOINT": str(tiny_checkpoint),
+        "MNIST_DIR": str(mnist_dir),
+        "DEMO_INDEX_LIMIT": "300",
+        "DEMO_HTTP_PORT": str(http_port),
+        "DEMO_GRPC_PORT": str(free_port()),
+        "DEMO_ENCODER_PORT": str(free_port()),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "scripts.demo"],
+        cwd=tmp_path,  # var/ (store, media) lands here
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _read_until(process, "[demo] ready:", deadline_s=240)
+        url = f"http://127.0.0.1:{http_port}/api/v1/search/text?q=seven&k=5"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            hits = json.load(response)["hits"]
+        process.send_signal(signal.SIGTERM)
+        tail = _read_until(process, "[demo] stopping encoder", deadline_s=30)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(hits) == 5
+    assert all(0 <= hit["payload"]["label"] <= 9 for hit in hits)
+    assert any("stopping gateway" in line for line in tail)
+    assert (tmp_path / "var" / "media").is_dir()
+    with pytest.raises(urllib.error.URLError, match="refused"):  # the gateway is gone with the demo
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2)
