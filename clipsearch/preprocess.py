@@ -19,6 +19,9 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
 # larger ones before decoding keeps a hostile upload from eating the memory.
 DEFAULT_MAX_PIXELS = 40_000_000
+# The image processor scales the shorter side up to the model's size, so a
+# 1x60000 strip (a few hundred bytes) would become gigabytes of pixels.
+MAX_ASPECT_RATIO = 100
 
 MNIST_SIZE = 28
 MNIST_BOX = 20  # MNIST digits were scaled so the longer side is 20 px
@@ -62,6 +65,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             if width * height > max_pixels:
                 raise ImageInputError(
                     f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+                )
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                raise ImageInputError(
+                    f"image is {width}x{height}; one side may be at most {MAX_ASPECT_RATIO} times the other"
                 )
             image.seek(0)  # first frame of an animation
             image.load()
