@@ -147,7 +147,7 @@ def parse_filter(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}') from None
     if not isinstance(parsed, dict):
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}')
