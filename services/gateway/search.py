@@ -461,6 +461,10 @@ def _check_text(text: str, what: str) -> str:
     stripped = text.strip()
     if not stripped:
         raise QueryError(f"the {what} is empty")
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates ("\ud800" in JSON) cannot be sent on to the encoder
+        raise QueryError(f"the {what} is not valid Unicode (it has unpaired surrogates)") from None
     if len(stripped) > MAX_QUERY_CHARS:
         raise QueryError(f"the {what} is {len(stripped)} characters; the limit is {MAX_QUERY_CHARS}")
     return stripped
@@ -477,6 +481,7 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
     if len(clean) > MAX_TEMPLATES:
         raise QueryError(f"at most {MAX_TEMPLATES} templates, got {len(clean)}")
     for template in clean:
+        _check_text(template, "template")
         rest = template.replace("{}", "")
         if template.count("{}") != 1 or "{" in rest or "}" in rest:
             raise QueryError(f'template {template!r} must contain "{{}}" exactly once (for the label)')
