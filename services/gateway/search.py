@@ -46,6 +46,8 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the number {}.", "a drawing
 MAX_PARTS = 16
 MAX_QUERY_CHARS = 2_000
 MAX_TEMPLATES = 32
+# Cosine similarities divided by a smaller temperature overflow the softmax (NaN probabilities).
+MIN_TEMPERATURE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,11 @@ class SearchCore:
         if (
             temperature is not None
             and temperature != 0
-            and not (math.isfinite(temperature) and temperature > 0)
+            and not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE)
         ):
-            raise QueryError("temperature must be a positive number (or 0 for the model's own)")
+            raise QueryError(
+                f"temperature must be a number of at least {MIN_TEMPERATURE} (or 0 for the model's own)"
+            )
         model = await self._model_info()
         if not temperature:
             temperature = 1.0 / model.logit_scale if model.logit_scale > 0 else 0.01
