@@ -75,6 +75,9 @@ class CollectionInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def validate_filter(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """Check a user filter: {"label": 7}, {"label": [1, 7]}, {"split": "test"}.
 
@@ -99,6 +102,8 @@ def validate_filter(spec: dict[str, Any] | None) -> dict[str, Any] | None:
                 ok = True
             if not ok:
                 raise FilterError(f"filter field {key!r} takes {expected.__name__} values, got {item!r}")
+            if expected is int and not INT64_MIN <= item <= INT64_MAX:  # the store keeps 64-bit integers
+                raise FilterError(f"filter field {key!r} value {item!r} is out of range")
     return spec
 
 
