@@ -152,7 +152,10 @@ def _options(options: search_pb2.QueryOptions) -> QueryOptions:
         raise QueryError(f"unknown target {options.target}")
     query_filter: dict[str, Any] | None = None
     if options.HasField("filter"):
-        query_filter = json_format.MessageToDict(options.filter)
+        try:
+            query_filter = json_format.MessageToDict(options.filter)
+        except ValueError:  # NaN or infinity in a Struct number
+            raise QueryError("filter values must be finite numbers, strings or lists of them") from None
     return QueryOptions(k=options.k or DEFAULT_K, offset=options.offset, filter=query_filter, target=target)
 
 
