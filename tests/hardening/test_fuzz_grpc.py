@@ -1,0 +1,240 @@
+"""The encoder and Search gRPC services answer bad input with INVALID_ARGUMENT, never INTERNAL/UNKNOWN."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from tests.hardening.bad_inputs import (
+    ODD_TEXTS,
+    broken_images,
+    mangled_images,
+    odd_but_valid_images,
+    valid_images,
+)
+from tests.hardening.tally import TALLY
+
+FUZZ = settings(
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
+PNG = valid_images()["png"]
+CALL_TIMEOUT_S = 30.0
+
+
+def call(method: Callable[..., Any], request: Message, surface: str) -> grpc.StatusCode:
+    """One call; fail on INTERNAL/UNKNOWN (or any other non-answer); tally it by its wire bytes."""
+    name = getattr(method, "_method", b"?")
+    TALLY_KEY = bytes(name) + b"\n" + request.SerializeToString(deterministic=True)
+    try:
+        reply = method(request, timeout=CALL_TIMEOUT_S)
+        code = grpc.StatusCode.OK
+        check_reply(reply)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = exc.details() or ""
+        assert code in ALLOWED, f"{code.name}: {details[:300]} for {name!r} {str(request)[:300]}"
+        assert details.strip(), f"INVALID_ARGUMENT without a message for {str(request)[:300]}"
+        assert "Traceback" not in details
+    TALLY.record(surface, TALLY_KEY, code.name)
+    return code
+
+
+def check_reply(reply: Message) -> None:
+    if isinstance(reply, search_pb2.ClassifyResponse):
+        assert all(math.isfinite(score.probability) for score in reply.scores), str(reply)[:300]
+    if isinstance(reply, encoder_pb2.EmbedResponse):
+        assert all(math.isfinite(v) for e in reply.embeddings for v in e.values)
+
+
+def texts() -> Iterator[str]:
+    """ODD_TEXTS that protobuf can carry (it refuses to serialise lone surrogates)."""
+    for text in ODD_TEXTS.values():
+        try:
+            encoder_pb2.EmbedTextRequest(texts=[text]).SerializeToString()
+        except (ValueError, UnicodeEncodeError):
+            continue
+        yield text
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    found = struct_pb2.Struct()
+    found.update(value)
+    return found
+
+
+ALL_IMAGES = [*broken_images().values(), *mangled_images().values(), *odd_but_valid_images().values()]
+
+
+# --- encoder ---
+
+
+def test_encoder_images_and_sketches(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
+    for data in ALL_IMAGES:
+        call(encoder_stub.EmbedImages, encoder_pb2.EmbedImagesRequest(images=[data]), "grpc-encoder")
+        call(encoder_stub.EmbedSketches, encoder_pb2.EmbedSketchesRequest(sketches=[data]), "grpc-encoder")
+    for data in broken_images().values():
+        request = encoder_pb2.EmbedImagesRequest(images=[PNG, data])
+        assert call(encoder_stub.EmbedImages, request, "grpc-encoder") == grpc.StatusCode.INVALID_ARGUMENT
+    for request in [
+        encoder_pb2.EmbedImagesRequest(images=[]),
+        encoder_pb2.EmbedImagesRequest(images=[PNG] * 257),
+        encoder_pb2.EmbedImagesRequest(images=[b""]),
+        encoder_pb2.EmbedImagesRequest(images=[PNG * 40_000]),  # over the 10 MiB item cap
+    ]:
+        call(encoder_stub.EmbedImages, request, "grpc-encoder")
+    good = encoder_stub.EmbedImages(encoder_pb2.EmbedImagesRequest(images=[PNG]), timeout=CALL_TIMEOUT_S)
+    assert len(good.embeddings) == 1
+
+
+def test_encoder_texts(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
+    for text in texts():
+        call(encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[text]), "grpc-encoder")
+        call(encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=["seven", text]), "grpc-encoder")
+    for request in [
+        encoder_pb2.EmbedTextRequest(texts=[]),
+        encoder_pb2.EmbedTextRequest(texts=["seven"] * 257),
+        encoder_pb2.EmbedTextRequest(texts=["x" * 2_000_000]),
+    ]:
+        call(encoder_stub.EmbedText, request, "grpc-encoder")
+
+
+@FUZZ
+@given(text=st.text(st.characters(codec="utf-8"), max_size=200))
+def test_encoder_any_text(encoder_stub: encoder_pb2_grpc.EncoderStub, text: str) -> None:
+    call(encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[text]), "grpc-encoder")
+
+
+def test_encoder_stream_reports_bad_items_inline(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
+    items = [encoder_pb2.ImageItem(id=str(i), data=data) for i, data in enumerate(ALL_IMAGES)]
+    batches = [encoder_pb2.ImageBatch(items=items[i : i + 32]) for i in range(0, len(items), 32)]
+    replies = list(encoder_stub.StreamEmbedImages(iter(batches), timeout=CALL_TIMEOUT_S))
+    results = [result for reply in replies for result in reply.results]
+    assert [result.id for result in results] == [item.id for item in items]
+    refused = {result.id for result in results if result.error}
+    assert {str(i) for i in range(len(broken_images()))} <= refused
+    for batch in batches:
+        TALLY.record("grpc-encoder", b"stream\n" + batch.SerializeToString(), "OK")
+    with pytest.raises(grpc.RpcError) as too_big:
+        list(encoder_stub.StreamEmbedImages(iter([encoder_pb2.ImageBatch(items=items[:1] * 300)])))
+    assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- Search ---
+
+
+def test_search_uploads(search_stub: search_pb2_grpc.SearchStub) -> None:
+    for data in ALL_IMAGES:
+        call(search_stub.SearchImage, search_pb2.ImageQuery(image=data), "grpc-search")
+        call(search_stub.SearchSketch, search_pb2.ImageQuery(image=data), "grpc-search")
+    for data in list(broken_images().values())[::4]:
+        call(search_stub.Classify, search_pb2.ClassifyRequest(image=data, labels=["a", "b"]), "grpc-search")
+        call(search_stub.Classify, search_pb2.ClassifyRequest(sketch=data, labels=["a", "b"]), "grpc-search")
+
+
+def test_search_texts_options_and_filters(search_stub: search_pb2_grpc.SearchStub) -> None:
+    for text in texts():
+        call(search_stub.SearchText, search_pb2.TextQuery(query=text), "grpc-search")
+    numbers = [0, 1, 100, 101, 10_000, 10_001, 2**31, 2**32 - 1]
+    for k in numbers:
+        for offset in numbers[::2]:
+            options = search_pb2.QueryOptions(k=k, offset=offset)
+            call(search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+    for target in (3, 99, 2**31 - 1, -1):
+        options = search_pb2.QueryOptions(target=target)  # type: ignore[arg-type]  # unknown enum values
+        call(search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+    filters: list[dict[str, Any]] = [
+        {},
+        {"label": "seven"},
+        {"label": True},
+        {"label": None},
+        {"label": []},
+        {"label": {"gte": 3}},
+        {"label": [[1]]},
+        {"label": 7.5},
+        {"label": float("nan")},
+        {"label": float("inf")},
+        {"label": 1e300},
+        {"label": list(range(5000))},
+        {"split": 3},
+        {"unknown": 1},
+        {"label": 7, "nested": {"a": {"b": [1, {"c": None}]}}},
+    ]
+    for spec in filters:
+        options = search_pb2.QueryOptions(filter=struct(spec))
+        call(search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+
+
+def test_search_mixed_and_classify_numbers(search_stub: search_pb2_grpc.SearchStub) -> None:
+    odd = [float("nan"), float("inf"), float("-inf"), 3.4e38, -3.4e38, 1e-45, 0.0, -1.0]
+    for weight in odd:
+        parts = [search_pb2.QueryPart(text="seven", weight=weight)]
+        call(search_stub.SearchMixed, search_pb2.MixedQuery(parts=parts), "grpc-search")
+        parts.append(search_pb2.QueryPart(image=PNG, weight=1.0))
+        call(search_stub.SearchMixed, search_pb2.MixedQuery(parts=parts), "grpc-search")
+    for request in [
+        search_pb2.MixedQuery(),
+        search_pb2.MixedQuery(parts=[search_pb2.QueryPart()]),
+        search_pb2.MixedQuery(parts=[search_pb2.QueryPart(text="seven")] * 17),
+        search_pb2.MixedQuery(parts=[search_pb2.QueryPart(sketch=b"")]),
+        search_pb2.MixedQuery(
+            parts=[search_pb2.QueryPart(text="a", weight=1), search_pb2.QueryPart(text="a", weight=-1)]
+        ),
+    ]:
+        call(search_stub.SearchMixed, request, "grpc-search")
+    for temperature in [*odd, 1e-30, 1e-4, 1e30]:
+        request = search_pb2.ClassifyRequest(image=PNG, labels=["one", "two"], temperature=temperature)
+        call(search_stub.Classify, request, "grpc-search")
+    label_sets = [
+        [],
+        [""],
+        ["a", "a"],
+        [str(i) for i in range(101)],
+        ["x" * 5000],
+        ["\x00"],
+        ["\u202e\u200b"],
+    ]
+    for labels in label_sets:
+        call(search_stub.Classify, search_pb2.ClassifyRequest(image=PNG, labels=labels), "grpc-search")
+    for templates in [["no placeholder"], ["{}{}"], ["{0}"], ["{"], ["a {}"] * 33]:
+        request = search_pb2.ClassifyRequest(image=PNG, labels=["a", "b"], templates=templates)
+        call(search_stub.Classify, request, "grpc-search")
+    call(search_stub.Classify, search_pb2.ClassifyRequest(labels=["a"]), "grpc-search")
+
+
+@FUZZ
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=100),
+    k=st.integers(0, 2**32 - 1),
+    offset=st.integers(0, 2**32 - 1),
+    weight=st.floats(width=32),
+)
+def test_search_any_query(
+    search_stub: search_pb2_grpc.SearchStub, text: str, k: int, offset: int, weight: float
+) -> None:
+    options = search_pb2.QueryOptions(k=k, offset=offset)
+    call(search_stub.SearchText, search_pb2.TextQuery(query=text, options=options), "grpc-search")
+    part = search_pb2.QueryPart(text=text, weight=weight)
+    call(search_stub.SearchMixed, search_pb2.MixedQuery(parts=[part], options=options), "grpc-search")
+
+
+def test_services_still_answer_and_enough_inputs_were_tried(
+    encoder_stub: encoder_pb2_grpc.EncoderStub, search_stub: search_pb2_grpc.SearchStub
+) -> None:
+    reply = search_stub.SearchText(search_pb2.TextQuery(query="a handwritten seven"), timeout=CALL_TIMEOUT_S)
+    assert len(reply.hits) == 10
+    embedded = encoder_stub.EmbedText(encoder_pb2.EmbedTextRequest(texts=["seven"]), timeout=CALL_TIMEOUT_S)
+    assert len(embedded.embeddings) == 1
+    assert TALLY.distinct("grpc-encoder") + TALLY.distinct("grpc-search") >= 300, TALLY.summary()
