@@ -1,11 +1,17 @@
-"""Encoder service throughput vs a plain in-process loop, and micro-batching on vs off.
+"""Encoder service throughput vs a plain in-process loop, and micro-batching on vs off;
+or, with --cpu-modes, the CPU inference modes (clipsearch.acceleration) side by side.
 
     python -m bench.encoder [--checkpoint DIR] [--items N]
+    python -m bench.encoder --cpu-modes [--models vit-b32,mnist-scratch,mnist-minilm] [--repeats N]
 
 Without --checkpoint a random compact "mnist-scratch" model is built in a temp
 dir (throughput does not depend on the weights). Images are synthetic 28x28
 PNG digits-like drawings, decoded on both paths so the comparison is fair.
-Prints a table and ratios; no assertions. Timings depend on the machine and on
+The --cpu-modes table runs random-weight models (a ViT-B/32-shaped CLIP and
+the compact MNIST ones) in every mode: images/s at batch 8 and 32, texts/s,
+speed-up vs fp32 measured in the same run (modes interleaved, best of
+--repeats), and the smallest cosine with the fp32 embedding over random and
+structured images and a few texts. Prints a table and ratios; no assertions. Timings depend on the machine and on
 anything else running on it.
 """
 
@@ -22,8 +28,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from clipsearch.acceleration import CpuMode
 from clipsearch.checkpoint import load_checkpoint
 from clipsearch.embedder import Embedder
 from clipsearch.encoder_client import EncoderClient
@@ -147,6 +155,120 @@ def serve_and_measure(
         return asyncio.run(service_rates(target, images, texts))
 
 
+# --- CPU inference modes -------------------------------------------------------------------
+
+CPU_MODE_BATCHES = (8, 32)
+CPU_MODE_TEXTS = 32
+
+
+def random_model_embedder(name: str) -> Embedder:
+    """A random-weight model with tokenizer and image processor: "vit-b32" or a compact config name."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from training.models import build_compact, build_word_tokenizer, tokenizer_corpus
+
+    if name != "vit-b32":
+        bundle = build_compact(name, seed=0)
+        return Embedder(bundle.model.eval(), bundle.tokenizer, bundle.image_processor)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig()).eval()  # the defaults are ViT-B/32: 768 wide, 12 layers, 224 px
+    tokenizer = build_word_tokenizer(tokenizer_corpus())
+    return Embedder(model, tokenizer, CLIPImageProcessorPil())
+
+
+def mode_test_images(size: int, count: int) -> list[Image.Image]:
+    """Mostly noise, plus structured images (flat, gradient, checkerboard, strokes) as real inputs have."""
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    structured = [
+        np.zeros((size, size, 3)),
+        np.full((size, size, 3), 255.0),
+        np.repeat(np.add.outer(ramp, ramp)[..., None] / 2, 3, axis=2),
+        np.repeat(
+            (((np.indices((size, size)) // max(size // 8, 1)).sum(0) % 2) * 255.0)[..., None], 3, axis=2
+        ),
+    ]
+    images = [Image.fromarray(array.astype(np.uint8)) for array in structured]
+    images += [decode_image(data) for data in synthetic_images(4, size)]
+    while len(images) < count:
+        images.append(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+    return images[:count]
+
+
+def time_best(run: Callable[[], object], best: float) -> float:
+    started = time.perf_counter()
+    run()
+    return min(best, time.perf_counter() - started)
+
+
+def measure_cpu_modes(name: str, repeats: int) -> list[tuple[CpuMode, dict[str, float]]]:
+    """Per mode: images/s per batch size, texts/s, min cosine vs fp32 (images and texts)."""
+    from clipsearch.preprocess import pixel_values
+
+    base = random_model_embedder(name)
+    embedders = {
+        mode: Embedder(base.model, base.tokenizer, base.image_processor, cpu_mode=mode) for mode in CpuMode
+    }
+    size = int(base.model.config.vision_config.image_size)
+    pixels = pixel_values(mode_test_images(size, max(CPU_MODE_BATCHES)), base.image_processor)
+    texts = synthetic_texts(CPU_MODE_TEXTS)
+    reference_images, reference_texts = base.embed_pixel_values(pixels), base.embed_texts(texts)
+    # Small models run the inputs several times over, so each timing spans long enough to be steady.
+    rounds = 1 if size >= 128 else 16
+
+    def image_run(embedder: Embedder, batch: int) -> Callable[[], object]:
+        starts = list(range(0, len(pixels), batch)) * rounds
+        return lambda: [embedder.embed_pixel_values(pixels[i : i + batch]) for i in starts]
+
+    def text_run(embedder: Embedder) -> Callable[[], object]:
+        return lambda: [embedder.embed_texts(texts) for _ in range(rounds)]
+
+    keys: list[int | str] = [*CPU_MODE_BATCHES, "text"]
+    runs = {
+        (mode, key): image_run(embedder, key) if isinstance(key, int) else text_run(embedder)
+        for mode, embedder in embedders.items()
+        for key in keys
+    }
+    for run in runs.values():  # warm-up: allocator, oneDNN kernels for each shape
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    # Modes interleaved within each repeat, so load from other jobs falls on all of them alike.
+    for _ in range(repeats):
+        for key, run in runs.items():
+            best[key] = time_best(run, best[key])
+    results = []
+    for mode, embedder in embedders.items():
+        row = {f"img/s b{batch}": rounds * len(pixels) / best[mode, batch] for batch in CPU_MODE_BATCHES}
+        row["text/s"] = rounds * len(texts) / best[mode, "text"]
+        row["image cos"] = float((embedder.embed_pixel_values(pixels) * reference_images).sum(1).min())
+        row["text cos"] = float((embedder.embed_texts(texts) * reference_texts).sum(1).min())
+        results.append((mode, row))
+    return results
+
+
+def print_cpu_modes(models: list[str], repeats: int) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {repeats} interleaved runs")
+    print(
+        f"images: {max(CPU_MODE_BATCHES)} preprocessed (random + structured); texts: {CPU_MODE_TEXTS}, batch of {CPU_MODE_TEXTS}"
+    )
+    for name in models:
+        with ThreadPoolExecutor(max_workers=1) as worker:  # as the service's inference thread runs it
+            results = worker.submit(measure_cpu_modes, name, repeats).result()
+        fp32 = dict(results)[CpuMode.FP32]
+        print(f"\n{name}")
+        header = f"{'mode':<14}"
+        for batch in CPU_MODE_BATCHES:
+            header += f" {'img/s b' + str(batch):>10} {'x fp32':>6}"
+        print(header + f" {'text/s':>8} {'x fp32':>6} {'min cos img':>11} {'min cos txt':>11}")
+        for mode, row in results:
+            line = f"{mode.value:<14}"
+            for batch in CPU_MODE_BATCHES:
+                key = f"img/s b{batch}"
+                line += f" {row[key]:>10.1f} {row[key] / fp32[key]:>6.2f}"
+            line += f" {row['text/s']:>8.1f} {row['text/s'] / fp32['text/s']:>6.2f}"
+            print(line + f" {row['image cos']:>11.6f} {row['text cos']:>11.6f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,7 +277,15 @@ def main() -> None:
         "--checkpoint", help="checkpoint directory (default: a fresh random mnist-scratch model)"
     )
     parser.add_argument("--items", type=int, default=256, help="items per measurement (default 256)")
+    parser.add_argument("--cpu-modes", action="store_true", help="compare CPU inference modes instead")
+    parser.add_argument(
+        "--models", default="vit-b32,mnist-scratch", help="--cpu-modes: models to run (comma-separated)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="--cpu-modes: timed runs per mode (best kept)")
     args = parser.parse_args()
+    if args.cpu_modes:
+        print_cpu_modes(args.models.split(","), args.repeats)
+        return
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = args.checkpoint

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from clipsearch.acceleration import CpuMode, forward_context, prepare_model, resolve_cpu_mode
 from clipsearch.checkpoint import LoadedCheckpoint, max_text_tokens
 from clipsearch.preprocess import pixel_values
 
@@ -29,16 +30,25 @@ class Embedder:
         tokenizer: PreTrainedTokenizerBase,
         image_processor: Any,
         device: torch.device | None = None,
+        cpu_mode: str | CpuMode = CpuMode.FP32,
     ) -> None:
-        self.model = model
+        self.device = device or next(model.parameters()).device
+        # How the model runs on a CPU (clipsearch.acceleration); fp32 unless asked.
+        self.cpu_mode = resolve_cpu_mode(cpu_mode, model, self.device)
+        # Modes that change weights work on a copy: `model` (maybe being trained) stays as it is.
+        self.model = prepare_model(model, self.cpu_mode)
+        self._forward_context = forward_context(self.cpu_mode)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.device = device or next(model.parameters()).device
         self.max_text_tokens = max_text_tokens(model, tokenizer)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: LoadedCheckpoint) -> Embedder:
-        return cls(checkpoint.model, checkpoint.tokenizer, checkpoint.image_processor, checkpoint.device)
+    def from_checkpoint(
+        cls, checkpoint: LoadedCheckpoint, cpu_mode: str | CpuMode = CpuMode.FP32
+    ) -> Embedder:
+        return cls(
+            checkpoint.model, checkpoint.tokenizer, checkpoint.image_processor, checkpoint.device, cpu_mode
+        )
 
     def check_texts(self, texts: Sequence[str]) -> None:
         """Raise TextInputError for the first text that cannot be embedded."""
@@ -64,13 +74,23 @@ class Embedder:
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, unit rows."""
-        features = text_features(self.model, self.tokenize(texts))
+        batch = self.tokenize(texts)
+        with self._forward_context():
+            features = text_features(self.model, batch)
         return _unit_rows(features)
 
     @torch.inference_mode()
     def embed_pixel_values(self, values: torch.Tensor) -> np.ndarray:
-        dtype = next(self.model.parameters()).dtype
-        return _unit_rows(image_features(self.model, values.to(self.device, dtype)))
+        with self._forward_context():
+            features = image_features(self.model, values.to(self.device, self._input_dtype()))
+        return _unit_rows(features)
+
+    def _input_dtype(self) -> torch.dtype:
+        # The patch embedding's weight says what pixels it takes (int8 modes keep it in float32).
+        for parameter in self.model.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Decoded RGB images (already sketch-normalised where needed) to (n, dim) unit rows."""
