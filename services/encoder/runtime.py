@@ -8,6 +8,7 @@ thread also keeps the fast tokenizer from being used concurrently).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,8 @@ from services.encoder.batching import BatchFn, Item, MicroBatcher
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.settings import EncoderSettings
 
+log = logging.getLogger(__name__)
+
 
 class InputError(ValueError):
     """The caller's input cannot be embedded; the message names the item."""
@@ -32,7 +35,9 @@ class EncoderRuntime:
     ) -> None:
         self.checkpoint = checkpoint
         self.settings = settings
-        self.embedder = Embedder.from_checkpoint(checkpoint)
+        self.embedder = Embedder.from_checkpoint(checkpoint, cpu_mode=settings.cpu_mode)
+        if checkpoint.device.type == "cpu":
+            log.info("CPU mode %s (ENCODER_CPU_MODE=%s)", self.embedder.cpu_mode.value, settings.cpu_mode)
         # Thread settings of torch's OpenMP pool are per calling thread: apply them on the inference thread.
         self._inference = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="encoder-inference", initializer=self._init_inference_thread

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clipsearch.acceleration import AUTO, parse_cpu_mode
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
 MIB = 1024 * 1024
@@ -23,6 +24,9 @@ class EncoderSettings(BaseSettings):
     metrics_enabled: bool = True
     device: str = "auto"
     dtype: str = "auto"
+    # How the model runs on a CPU (clipsearch.acceleration): auto (bf16 where the CPU does bf16
+    # natively and the model is wide enough, else fp32), fp32, bf16, bf16-autocast, int8-dynamic.
+    cpu_mode: str = AUTO
     # Micro-batching across concurrent requests: a batch closes at this many
     # items or after this long, whichever comes first.
     max_batch_size: int = Field(default=64, ge=1)
@@ -41,6 +45,12 @@ class EncoderSettings(BaseSettings):
     # How long in-flight calls may run after SIGTERM before they are cancelled.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("cpu_mode")
+    @classmethod
+    def _known_cpu_mode(cls, value: str) -> str:
+        parse_cpu_mode(value)  # CpuModeError (a ValueError) lists the choices
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod
