@@ -186,11 +186,14 @@ class SearchCore:
         checked = self._check_options(options)
         context = await self._context(checked.target)
         vectors = await self._embed_parts(parts)
-        combined = np.sum(np.asarray(weights, dtype=np.float32)[:, None] * vectors, axis=0)
+        # Only the weights' ratios matter (the sum is normalised): scaling them to at most 1
+        # keeps weights like 1e38 from overflowing float32 into a NaN query vector.
+        scaled = np.asarray(weights, dtype=np.float64) / max(abs(weight) for weight in weights)
+        combined = np.sum(scaled[:, None] * vectors.astype(np.float64), axis=0)
         norm = float(np.linalg.norm(combined))
         if norm < 1e-6:
             raise QueryError("the weighted parts cancel out; change the weights")
-        return await self._search(context, combined / norm, checked, started)
+        return await self._search(context, (combined / norm).astype(np.float32), checked, started)
 
     async def classify(
         self,
@@ -223,7 +226,7 @@ class SearchCore:
         image_vector = (await self._embed(kind, [data]))[0]
         per_label = text_vectors.reshape(len(clean_labels), len(clean_templates), -1).mean(axis=1)
         per_label /= np.maximum(np.linalg.norm(per_label, axis=1, keepdims=True), 1e-12)
-        logits = per_label @ image_vector / temperature
+        logits = (per_label @ image_vector).astype(np.float64) / temperature  # float64: any finite temperature
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         scores = sorted(
