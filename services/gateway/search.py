@@ -226,7 +226,8 @@ class SearchCore:
         image_vector = (await self._embed(kind, [data]))[0]
         per_label = text_vectors.reshape(len(clean_labels), len(clean_templates), -1).mean(axis=1)
         per_label /= np.maximum(np.linalg.norm(per_label, axis=1, keepdims=True), 1e-12)
-        logits = (per_label @ image_vector).astype(np.float64) / temperature  # float64: any finite temperature
+        # float64, so any finite temperature gives finite logits.
+        logits = (per_label @ image_vector).astype(np.float64) / temperature
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         scores = sorted(
