@@ -19,18 +19,27 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 
 import httpx
 import numpy as np
 
+from bench.stack import (
+    COLLECTION,
+    free_port,
+    index_mnist,
+    start_encoder,
+    start_gateway,
+    stop,
+    wait_for,
+    wait_for_gateway,
+)
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import open_store
 
@@ -41,44 +50,6 @@ QUERIES = [
     for template in ("a handwritten digit {}.", "the number {}", "{}")
 ]
 P50_TARGET_MS, P99_TARGET_MS = 15.0, 50.0
-COLLECTION = "mnist"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    # Output to a file: an unread pipe would fill up and stall the service.
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], process: subprocess.Popen[bytes], what: str, log: Path
-) -> None:
-    deadline = time.monotonic() + 180
-    while not await check():
-        if process.poll() is not None:
-            output = await asyncio.to_thread(log.read_text, errors="replace")
-            raise SystemExit(f"{what} exited ({process.returncode}):\n{output[-2000:]}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not become ready")
-        await asyncio.sleep(0.3)
 
 
 def checkpoint(workdir: Path) -> tuple[str, str]:
@@ -131,49 +102,15 @@ async def run(args: argparse.Namespace) -> int:
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"
         print(f"model: {model_path} ({model_kind})")
-        encoder = start(
-            "services.encoder",
-            {
-                "ENCODER_CHECKPOINT": model_path,
-                "ENCODER_HOST": "127.0.0.1",
-                "ENCODER_PORT": str(encoder_port),
-                "ENCODER_METRICS_PORT": "0",
-                "ENCODER_TORCH_THREADS": str(args.encoder_threads),
-            },
-            workdir / "encoder.log",
-        )
+        encoder = start_encoder(model_path, encoder_port, args.encoder_threads, workdir / "encoder.log")
         gateway: subprocess.Popen[bytes] | None = None
         results: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
         try:
             async with EncoderClient(target) as client:
                 await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
                 started = time.perf_counter()
-                indexed = await asyncio.to_thread(
-                    subprocess.run,
-                    [
-                        sys.executable,
-                        "-m",
-                        "services.indexer",
-                        "--no-progress",
-                        *(["--limit", str(args.limit)] if args.limit else []),
-                    ],
-                    env={
-                        **os.environ,
-                        "INDEXER_ENCODER": target,
-                        "INDEXER_STORE_PATH": str(store_path),
-                        "INDEXER_MEDIA_DIR": str(media_dir),
-                        "INDEXER_COLLECTION": COLLECTION,
-                        "INDEXER_SOURCE": "mnist",
-                        "INDEXER_MNIST_DIR": mnist_dir,
-                        "INDEXER_MNIST_SPLIT": "test",
-                    },
-                    check=False,
-                    capture_output=True,
-                    text=True,
-                )
-                if indexed.returncode != 0:
-                    raise SystemExit(f"indexing failed:\n{indexed.stderr[-2000:]}")
-                print(f"indexed in {time.perf_counter() - started:.0f} s: {indexed.stdout.strip()}")
+                summary_line = await index_mnist(target, store_path, media_dir, mnist_dir, args.limit)
+                print(f"indexed in {time.perf_counter() - started:.0f} s: {summary_line}")
 
                 # Direct: the same work the gateway does, without HTTP and validation.
                 store = open_store(None, store_path)
@@ -191,29 +128,10 @@ async def run(args: argparse.Namespace) -> int:
                 finally:
                     store.close()  # the embedded store admits one process: hand it to the gateway
 
-            gateway = start(
-                "services.gateway",
-                {
-                    "GATEWAY_ENCODER": target,
-                    "GATEWAY_STORE_PATH": str(store_path),
-                    "GATEWAY_MEDIA_DIR": str(media_dir),
-                    "GATEWAY_COLLECTION": COLLECTION,
-                    "GATEWAY_HOST": "127.0.0.1",
-                    "GATEWAY_HTTP_PORT": str(http_port),
-                    "GATEWAY_GRPC_PORT": str(free_port()),
-                },
-                workdir / "gateway.log",
-            )
+            gateway = start_gateway(target, store_path, media_dir, http_port, workdir / "gateway.log")
             limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits) as http:
-
-                async def ready() -> bool:
-                    try:
-                        return (await http.get("/readyz")).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                await wait_for(ready, gateway, "gateway", workdir / "gateway.log")
+                await wait_for_gateway(http, gateway, workdir / "gateway.log")
 
                 async def through_http(query: str) -> None:
                     reply = await http.post("/api/v1/search/text", json={"query": query, "k": 10})
