@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from clipsearch.media import MEDIA_TYPE, MediaKeyError, MediaStore
 
@@ -25,6 +26,9 @@ def read_media(media_dir: str, key: str) -> MediaFile | None:
     except MediaKeyError:
         return None
     try:
+        # A symlink planted in the media directory must not serve a file from elsewhere.
+        if not path.resolve(strict=True).is_relative_to(Path(media_dir).resolve(strict=True)):
+            return None
         return MediaFile(key=key, data=path.read_bytes(), media_type=MEDIA_TYPE)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except (OSError, RuntimeError):  # absent, a directory, unreadable, a symlink loop (RuntimeError)
         return None
