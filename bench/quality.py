@@ -278,8 +278,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so the services started here are stopped on SIGTERM too
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -291,7 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sheets-dir", default=tempfile.gettempdir(), help="where the contact sheets go")
     parser.add_argument("--encoder-threads", type=int, default=2, help="torch threads in the encoder")
     parser.add_argument("--show-misses", action="store_true", help="list text queries below 100%%")
-    return asyncio.run(run(parser.parse_args(argv)))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    return asyncio.run(run(parse_args(argv)))
 
 
 if __name__ == "__main__":
