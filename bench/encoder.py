@@ -299,13 +299,16 @@ def main() -> None:
         print(
             f"checkpoint {loaded.name} ({loaded.architecture}, dim {loaded.embedding_dim}) on {loaded.device}"
         )
+        base = EncoderSettings(checkpoint=checkpoint, host="127.0.0.1", port=0, metrics_enabled=False)
+        # Both sides run the model in the service's CPU mode (ENCODER_CPU_MODE), so only the service differs.
+        in_process = Embedder.from_checkpoint(loaded, cpu_mode=base.cpu_mode)
+        print(f"CPU mode {in_process.cpu_mode.value} (ENCODER_CPU_MODE={base.cpu_mode})")
         print(f"{args.items} items per measurement; rates in items/s, best of {REPEATS} runs\n")
 
         # The in-process loop runs on one worker thread, as the service's inference does: on a busy
         # machine torch's OpenMP pool behaves very differently on the main thread than on others.
         with ThreadPoolExecutor(max_workers=1) as worker:
-            local = worker.submit(in_process_rates, Embedder.from_checkpoint(loaded), images, texts).result()
-        base = EncoderSettings(checkpoint=checkpoint, host="127.0.0.1", port=0, metrics_enabled=False)
+            local = worker.submit(in_process_rates, in_process, images, texts).result()
         remote = serve_and_measure(base, images, texts, concurrent=False)
         # A lone sequential caller pays the batching window on every call; without it only
         # requests that queue while the model runs are batched together.

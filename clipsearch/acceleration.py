@@ -28,13 +28,15 @@ import copy
 import warnings
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 # Narrower models (the 32-wide test model) have matrices too small for bf16 kernels to pay;
 # the compact MNIST models (192 wide) and ViT-B/32 (768) gain 1.4-2.5x.
 MIN_BF16_WIDTH = 128
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 class CpuMode(StrEnum):
@@ -99,13 +101,15 @@ def resolve_cpu_mode(name: str | CpuMode, model: torch.nn.Module, device: torch.
     return CpuMode.FP32
 
 
-def prepare_model(model: torch.nn.Module, mode: CpuMode) -> torch.nn.Module:
+def prepare_model(model: ModelT, mode: CpuMode) -> ModelT:
     """The model to run in `mode`: the same object where the mode keeps weights as they are, else a copy."""
     if mode is CpuMode.BF16:
         if all(parameter.dtype == torch.bfloat16 for parameter in model.parameters()):
             return model  # loaded in bf16 already (ENCODER_DTYPE=bf16)
         return copy.deepcopy(model).to(torch.bfloat16).eval()
     if mode is CpuMode.INT8_DYNAMIC:
+        if not isinstance(getattr(model, "vision_model", None), torch.nn.Module):
+            raise CpuModeError(f"{mode.value} quantises the vision tower; {type(model).__name__} has none")
         quantized = copy.deepcopy(model).float().eval()
         with warnings.catch_warnings():
             # torch.ao eager quantisation is deprecated in favour of torchao, not yet removed.
