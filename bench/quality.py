@@ -175,6 +175,7 @@ def on_checker(image: Image.Image) -> Image.Image:
 def sketch_sheet(sketches: Sequence[Sketch], normalization: Any, path: Path, columns: int) -> None:
     """Every sketch as drawn (scaled down) with, beside it, the 28x28 image the model sees."""
     cell, small = 96, 56
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = (len(sketches) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * (cell + small + 6), rows * (cell + 4)), (160, 160, 160))
     for number, sketch in enumerate(sketches):
