@@ -317,7 +317,7 @@ async def run_index(
         settings.encoder,
         timeout_s=settings.deadline_s,
         retries=settings.retries,
-        api_key=settings.encoder_api_key,
+        api_key=settings.encoder_api_key.get_secret_value() if settings.encoder_api_key else None,
     )
     try:
         try:
@@ -325,7 +325,11 @@ async def run_index(
         except EncoderError as exc:
             raise IndexerError(f"cannot reach the encoder at {settings.encoder}: {exc}") from None
         owned = store is None
-        target = store or open_store(settings.qdrant_url, settings.store_path, settings.qdrant_api_key)
+        target = store or open_store(
+            settings.qdrant_url,
+            settings.store_path,
+            settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        )
         try:
             job = IndexJob(settings, target, client, info, stop_after_batches=stop_after_batches)
             return await job.run(source)

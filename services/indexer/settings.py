@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["mnist", "folder", "csv"]
@@ -17,9 +17,9 @@ class IndexerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", populate_by_name=True, extra="ignore")
 
     encoder: str = "localhost:50051"
-    encoder_api_key: str | None = None
+    encoder_api_key: SecretStr | None = None
     qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
+    qdrant_api_key: SecretStr | None = None
     store_path: Path = Path("var/qdrant")
     collection: str = "mnist"  # the alias readers search
     media_dir: Path = Path("var/media")
