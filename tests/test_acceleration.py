@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from clipsearch import acceleration
 from clipsearch.acceleration import MIN_COSINE, CpuMode, CpuModeError, resolve_cpu_mode
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder
+from clipsearch.encoder_client import EncoderClient
+from services.encoder.server import serve_in_thread
+from services.encoder.settings import EncoderSettings
 from training.models import COMPACT_CONFIGS, build_compact
 
 TEXTS = ["zero", "a handwritten digit seven", "the number 3", "sloppy neat bold thin eight nine"]
@@ -94,3 +98,23 @@ def test_auto_picks_bf16_only_for_wide_models_on_cpus_with_native_bf16(
 def test_unknown_mode_names_the_choices(loaded: LoadedCheckpoint) -> None:
     with pytest.raises(CpuModeError, match=r"unknown CPU mode 'fp8'.*auto, fp32, bf16-autocast, bf16, int8"):
         Embedder.from_checkpoint(loaded, cpu_mode="fp8")
+
+
+def test_encoder_setting_rejects_an_unknown_mode() -> None:
+    with pytest.raises(ValidationError, match="unknown CPU mode 'fast'"):
+        EncoderSettings(cpu_mode="fast")
+
+
+async def test_encoder_serves_in_the_configured_mode(loaded: LoadedCheckpoint, tiny_checkpoint: Path) -> None:
+    settings = EncoderSettings(
+        checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0, metrics_enabled=False, cpu_mode="bf16"
+    )
+    reference = Embedder.from_checkpoint(loaded)
+    with serve_in_thread(settings) as server:
+        async with EncoderClient(f"127.0.0.1:{server.port}", timeout_s=30) as client:
+            served = await client.embed_texts(TEXTS)
+    fp32 = reference.embed_texts(TEXTS)
+    cosines = (served * fp32).sum(axis=1)
+    assert cosines.min() >= MIN_COSINE[CpuMode.BF16]
+    # bf16 rounding shows: the service did not run the model in fp32.
+    assert not np.allclose(served, fp32, atol=1e-6)
