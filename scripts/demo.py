@@ -38,6 +38,7 @@ from clipsearch.store import open_store
 VAR = Path("var")
 DEFAULT_MNIST_DIR = VAR / "data" / "mnist"
 DEFAULT_CHECKPOINT = VAR / "checkpoints" / "mnist-compact"
+TRAIN_CONFIG = Path("training") / "configs" / "mnist-compact.yaml"  # the measured recipe
 STORE_PATH = VAR / "qdrant"
 MEDIA_DIR = VAR / "media"
 COLLECTION = "mnist"
@@ -132,8 +133,8 @@ def ensure_checkpoint(mnist_dir: Path) -> str:
         "training",
         {},
         "train",
-        "--model",
-        "mnist-minilm",
+        "--config",
+        str(TRAIN_CONFIG),
         "--mnist-dir",
         str(mnist_dir),
         "--output",
