@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.stack import free_port
 from clipsearch.datasets import load_mnist
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.v1 import encoder_pb2
@@ -121,12 +121,6 @@ class CpuMeter:
         yield
         into["client"] = cpu_s() - own
         into["encoder"] = cpu_s(self.encoder_pid) - encoder if self.encoder_pid else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

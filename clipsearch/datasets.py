@@ -154,7 +154,9 @@ def read_caption_csv(path: Path) -> tuple[list[CaptionRow], list[RowError]]:
         if number == 1 and fields[0].lower() in {"image_path", "image", "image_name", "path", "filename"}:
             continue
         if len(fields) < 2 or len(fields) > 3 or not fields[0] or not fields[1]:
-            errors.append(RowError(number, f"{path}:{number}: expected image_path,caption[,label], got {fields!r}"))
+            errors.append(
+                RowError(number, f"{path}:{number}: expected image_path,caption[,label], got {fields!r}")
+            )
             continue
         relative = fields[0]
         rows.append(

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from bench.stack import free_port
 from services.gateway.app import create_app
-from tests.gateway.conftest import Indexed, free_port, settings_for
+from tests.gateway.conftest import Indexed, settings_for
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import REPO_ROOT, free_port
+from bench.stack import free_port
+from tests.gateway.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,11 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bench.stack import free_port
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import SERVICE_NAME, running_grpc_server
-from tests.gateway.conftest import COLLECTION, Indexed, digit_png, free_port, settings_for
+from tests.gateway.conftest import COLLECTION, Indexed, digit_png, settings_for
 
 StubFactory = Callable[..., AbstractAsyncContextManager[search_pb2_grpc.SearchStub]]
 

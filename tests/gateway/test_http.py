@@ -385,10 +385,11 @@ async def test_missing_collection_is_503_with_a_reason(gateway: GatewayFactory) 
 async def test_encoder_down_is_503_and_recovers_without_restart(
     indexed: Indexed, tiny_checkpoint: object
 ) -> None:
+    from bench.stack import free_port
     from services.encoder.server import serve_in_thread
     from services.encoder.settings import EncoderSettings
     from services.gateway.app import create_app
-    from tests.gateway.conftest import free_port, serving, settings_for
+    from tests.gateway.conftest import serving, settings_for
 
     port = free_port()
     app = create_app(settings_for(indexed, f"127.0.0.1:{port}", encoder_timeout_s=1.0))

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.stack import stop
 from clipsearch.store import open_store
 from services.gateway.app import create_app
 from services.indexer.__main__ import main as indexer_main
@@ -26,7 +27,6 @@ from tests.hardening.processes import (
     encoder_env,
     python_env,
     start,
-    stop,
     wait_encoder_serving,
 )
 from tests.indexer.conftest import write_mnist

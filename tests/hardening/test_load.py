@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.stack import stop
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.batching import MicroBatcher
 from services.encoder.server import serve_in_thread
@@ -24,7 +25,6 @@ from tests.hardening.processes import (
     python_env,
     rss_kib,
     start,
-    stop,
     wait_encoder_serving,
     wait_http_ready,
 )
