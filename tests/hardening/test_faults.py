@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.stack import stop
+from bench.stack import free_port, stop
 from clipsearch.store import open_store
 from services.gateway.app import create_app
 from services.indexer.__main__ import main as indexer_main
 from services.indexer.sources import item_id
-from tests.gateway.conftest import Indexed, free_port, serving
+from tests.gateway.conftest import Indexed, serving
 from tests.hardening.conftest import hardening_settings
 from tests.hardening.processes import (
     encoder_env,

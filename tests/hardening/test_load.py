@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.stack import stop
+from bench.stack import free_port, stop
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.batching import MicroBatcher
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
-from tests.gateway.conftest import build_index, digit_png, free_port
+from tests.gateway.conftest import build_index, digit_png
 from tests.hardening.processes import (
     encoder_env,
     python_env,
