@@ -24,6 +24,9 @@ RETRYABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
 }
+# grpc-python's own status when the server vanishes while the client is still writing to a
+# stream: a broken connection, not a server fault (the retries stay bounded either way).
+_CLIENT_CORE_ERROR = "Internal error from Core"
 _POLL_S = 0.25  # how often a wait for a result checks the oldest batch's deadline
 
 
@@ -143,7 +146,10 @@ class StreamEmbedder:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise EncoderInputError(exc.details() or "invalid input") from None
-            if code not in RETRYABLE:
+            broken_connection = code == grpc.StatusCode.INTERNAL and _CLIENT_CORE_ERROR in (
+                exc.details() or ""
+            )
+            if code not in RETRYABLE and not broken_connection:
                 raise EncoderUnavailable(
                     f"encoder at {self.client.target}: {code.name}: {exc.details()}"
                 ) from None
