@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import torch
 
+from clipsearch.acceleration import CpuMode
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.runtime import EncoderRuntime, InputError
@@ -80,7 +81,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 fingerprint=checkpoint.fingerprint,
                 embedding_dim=checkpoint.embedding_dim,
                 image_size=checkpoint.image_size,
-                dtype=str(checkpoint.dtype).removeprefix("torch."),
+                dtype=serving_dtype(runtime),
                 device=str(checkpoint.device),
                 sketch_normalization=checkpoint.meta.sketch_normalization.value,
                 logit_scale=checkpoint.logit_scale,
@@ -216,3 +217,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
+
+
+def serving_dtype(runtime: EncoderRuntime) -> str:
+    """What the model computes in: the checkpoint dtype, or the CPU speed mode that replaced it."""
+    if runtime.embedder.cpu_mode is CpuMode.FP32:
+        return str(runtime.checkpoint.dtype).removeprefix("torch.")
+    return runtime.embedder.cpu_mode.value
