@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--retries", type=int)
     parser.add_argument("--fail-on-bad-items", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--shard-count", type=int, help="workers sharing one full index (default 1)")
+    parser.add_argument("--shard-index", type=int, help="this worker's shard, 0 .. shard-count - 1")
     args = vars(parser.parse_args(argv))
     return {key: value for key, value in args.items() if value is not None}
 

@@ -33,7 +33,17 @@ from clipsearch.v1 import encoder_pb2
 
 from .pipeline import StreamBatch, StreamEmbedder, batch_ranges
 from .settings import IndexerSettings
-from .sources import BadItem, ItemError, PreparedItem, Source, SourceError, SourceItem, open_source, prepare
+from .sources import (
+    BadItem,
+    ItemError,
+    PreparedItem,
+    Source,
+    SourceError,
+    SourceItem,
+    in_shard,
+    open_source,
+    prepare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,7 @@ class IndexReport:
     already_present: int = 0  # items skipped because an earlier run wrote them
     deleted: int = 0
     errors: list[BadItem] = field(default_factory=list)
+    shard: str | None = None  # "i/N" when this run filled one shard of a shared version
     count: int = 0  # points in the collection at the end
     resumed: bool = False
     published: bool = False
@@ -76,6 +87,11 @@ class IndexReport:
             f"{len(self.errors)} errors in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s); "
             f"collection holds {self.count} points"
         ]
+        if self.shard:
+            lines.append(
+                f"  shard {self.shard} done; not published: when every shard is done, run once more "
+                "without shards to verify the whole version and publish it"
+            )
         for bad in self.errors[:show_errors]:
             lines.append(f"  skipped {bad.relative_path}: {bad.message}")
         if len(self.errors) > show_errors:
@@ -112,22 +128,26 @@ class IndexJob:
     async def run(self, source: Source) -> IndexReport:
         started = time.perf_counter()
         vector_names = [IMAGE_VECTOR, CAPTION_VECTOR] if source.has_captions else [IMAGE_VECTOR]
-        target, report = self._choose_target(source, vector_names)
-        report.total = len(source.items)
+        target, report = await self._choose_target(source, vector_names)
+        sharded = self.settings.shard_count > 1
+        items = [item for item in source.items if self._mine(item.id)]
+        if sharded:
+            report.shard = f"{self.settings.shard_index}/{self.settings.shard_count}"
+        report.total = len(items)
         report.errors.extend(source.bad)
         if source.bad and self.settings.fail_on_bad_items:
             raise IndexerError(
                 f"{len(source.bad)} unreadable entries in the source:\n" + _listing(source.bad)
             )
 
-        present = self.store.ids(target)
-        wanted = {item.id for item in source.items}
+        present = {point_id for point_id in self.store.ids(target) if self._mine(point_id)}
+        wanted = {item.id for item in items}
         gone = present - wanted
         if gone:
             self.store.delete(target, gone)
             report.deleted = len(gone)
-        todo = [item for item in source.items if item.id not in present]
-        report.already_present = len(source.items) - len(todo)
+        todo = [item for item in items if item.id not in present]
+        report.already_present = len(items) - len(todo)
 
         await self._embed(todo, target, source, report)
 
@@ -136,18 +156,22 @@ class IndexJob:
                 f"{len(report.errors)} items could not be indexed:\n" + _listing(report.errors)
             )
         report.count = self.store.count(target)
-        expected = len(source.items) - (len(report.errors) - len(source.bad))
-        if report.count != expected:
+        held = len([i for i in self.store.ids(target) if self._mine(i)]) if sharded else report.count
+        expected = len(items) - (len(report.errors) - len(source.bad))
+        if held != expected:
             raise IndexerError(
-                f"{target} holds {report.count} points but {expected} were expected; not publishing it"
+                f"{target} holds {held} points of this run's items but {expected} were expected"
             )
-        if report.mode == "full":
+        if report.mode == "full" and not sharded:  # shards leave publishing to a final run without shards
             self.store.finish_version(self.settings.collection, target, keep=self.settings.keep_versions)
             report.published = True
         report.seconds = time.perf_counter() - started
         return report
 
-    def _choose_target(self, source: Source, vector_names: list[str]) -> tuple[str, IndexReport]:
+    def _mine(self, point_id: str) -> bool:
+        return in_shard(point_id, self.settings.shard_count, self.settings.shard_index)
+
+    async def _choose_target(self, source: Source, vector_names: list[str]) -> tuple[str, IndexReport]:
         alias, fingerprint = self.settings.collection, self.info.fingerprint
         live = self.store.collection_info(alias)
         report = IndexReport(alias, "", self.settings.mode, source.identity, fingerprint)
@@ -170,6 +194,8 @@ class IndexJob:
             return live.name, report
         report.mode = "full"
         pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source.identity)
+        if pending is None and self.settings.shard_index > 0:
+            pending = await self._wait_for_shard_zero(alias, fingerprint, source.identity)
         if pending is not None:
             report.collection, report.resumed = pending, True
             return pending, report
@@ -181,6 +207,19 @@ class IndexJob:
             source=source.identity,
         )
         return report.collection, report
+
+    async def _wait_for_shard_zero(self, alias: str, fingerprint: str, source: str) -> str:
+        """Shards > 0 write into the version shard 0 creates, so every shard fills the same one."""
+        deadline = time.monotonic() + self.settings.shard_wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source)
+            if pending is not None:
+                return pending
+        raise IndexerError(
+            f"shard {self.settings.shard_index}/{self.settings.shard_count}: shard 0 has created no version of "
+            f"{alias!r} for {source} within {self.settings.shard_wait_s:g} s; start shard 0 first"
+        )
 
     async def _embed(self, todo: list[SourceItem], target: str, source: Source, report: IndexReport) -> None:
         ranges = batch_ranges(len(todo), self.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["mnist", "folder", "csv"]
@@ -42,4 +42,15 @@ class IndexerSettings(BaseSettings):
     deadline_s: float = Field(default=60.0, gt=0)  # longest wait for one batch's result
     retries: int = Field(default=3, ge=0)  # reconnects after UNAVAILABLE/deadline without progress
     fail_on_bad_items: bool = False
+    # Scaling out: N workers each embed the items whose id falls in their shard (uuid mod N) into
+    # one shared pending version on a Qdrant server; a final run without shards verifies and publishes it.
+    shard_count: int = Field(default=1, ge=1)
+    shard_index: int = Field(default=0, ge=0)
+    shard_wait_s: float = Field(default=300.0, gt=0)  # how long shards > 0 wait for shard 0's version
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> IndexerSettings:
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} is not below shard_count {self.shard_count}")
+        return self

@@ -78,6 +78,11 @@ def item_id(identity: str, relative: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{identity}#{relative}"))
 
 
+def in_shard(point_id: str, shard_count: int, shard_index: int) -> bool:
+    """Whether an item belongs to a worker's shard: stable, from the id alone."""
+    return shard_count == 1 or uuid.UUID(point_id).int % shard_count == shard_index
+
+
 def _png_of_array(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
