@@ -50,6 +50,15 @@ class FilterError(ValueError):
 
 
 @dataclass(frozen=True)
+class ClusterLayout:
+    """How a Qdrant cluster spreads each new collection version (None: the server's default)."""
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+
+@dataclass(frozen=True)
 class Point:
     id: str  # a UUID string (stable: uuid5 over source and item)
     vectors: dict[str, np.ndarray]  # IMAGE_VECTOR always; CAPTION_VECTOR where the item has a caption
@@ -196,8 +205,11 @@ def _version_number(name: str, alias: str) -> int | None:
 class QdrantStore:
     """VectorStore over qdrant-client. Build with `open_store`."""
 
-    def __init__(self, client: QdrantClient, *, where: str, local: bool) -> None:
+    def __init__(
+        self, client: QdrantClient, *, where: str, local: bool, layout: ClusterLayout | None = None
+    ) -> None:
         self._client = client
+        self._layout = layout or ClusterLayout()
         self._where = where
         self._local = local
         # The embedded store is not safe for concurrent use; a server client is.
@@ -356,6 +368,9 @@ class QdrantStore:
                     for vector in vector_names
                 },
                 metadata={MANIFEST_KEY: manifest},
+                shard_number=self._layout.shard_number,
+                replication_factor=self._layout.replication_factor,
+                write_consistency_factor=self._layout.write_consistency_factor,
             )
             self._tune_local_storage(name)
             if not self._local:  # payload indexes do nothing in local mode (and it warns)
@@ -459,7 +474,12 @@ class QdrantStore:
 
 
 def open_store(
-    url: str | None, path: Path | None, api_key: str | None = None, *, backend: str = "edge"
+    url: str | None,
+    path: Path | None,
+    api_key: str | None = None,
+    *,
+    backend: str = "edge",
+    layout: ClusterLayout | None = None,
 ) -> VectorStore:
     """A Qdrant server by URL (gRPC preferred), else the embedded store in `path`.
 
@@ -467,12 +487,13 @@ def open_store(
     process) unless `path` already holds a qdrant-client local-mode store, or
     `backend="local"` asks for one (brute force in Python; kept for comparison).
     Raises StoreUnavailable when the embedded store is held by another process.
+    `layout` sets shards, replication and write consistency of new versions on a server.
     """
     if url:
         client = QdrantClient(
             url=url, prefer_grpc=True, api_key=api_key, timeout=30, check_compatibility=False
         )
-        return QdrantStore(client, where=url, local=False)
+        return QdrantStore(client, where=url, local=False, layout=layout)
     if path is None:
         raise StoreError("give either a Qdrant server URL or a local store path")
     path = Path(path)

@@ -192,3 +192,36 @@ def test_unreachable_server_is_unavailable() -> None:
 def test_bad_collection_names_are_refused(store: QdrantStore) -> None:
     with pytest.raises(StoreError, match="collection name"):
         store.create_version("../x", dim=DIM, fingerprint="f", vector_names=[IMAGE_VECTOR], source="s")
+
+
+def test_cluster_layout_reaches_collection_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No Qdrant server runs here: record what the real client is asked, around local mode.
+    from qdrant_client import QdrantClient
+
+    from clipsearch.store import ClusterLayout
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    asked: list[dict[str, object]] = []
+    real = client.create_collection
+
+    def recording(*args: object, **kwargs: object) -> bool:
+        asked.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "create_collection", recording)
+    layout = ClusterLayout(shard_number=6, replication_factor=2, write_consistency_factor=1)
+    store = QdrantStore(client, where="test", local=True, layout=layout)
+    try:
+        store.create_version("digits", dim=DIM, fingerprint="fp", vector_names=["image"], source="src")
+    finally:
+        store.close()
+    assert len(asked) == 1
+    assert (
+        asked[0]["shard_number"],
+        asked[0]["replication_factor"],
+        asked[0]["write_consistency_factor"],
+    ) == (
+        6,
+        2,
+        1,
+    )

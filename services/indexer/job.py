@@ -23,6 +23,7 @@ from clipsearch.media import MediaStore, media_key
 from clipsearch.store import (
     CAPTION_VECTOR,
     IMAGE_VECTOR,
+    ClusterLayout,
     FingerprintMismatch,
     Point,
     StoreError,
@@ -368,6 +369,11 @@ async def run_index(
             settings.qdrant_url,
             settings.store_path,
             settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            layout=ClusterLayout(
+                shard_number=settings.qdrant_shard_number,
+                replication_factor=settings.qdrant_replication_factor,
+                write_consistency_factor=settings.qdrant_write_consistency_factor,
+            ),
         )
         try:
             job = IndexJob(settings, target, client, info, stop_after_batches=stop_after_batches)

@@ -47,6 +47,10 @@ class IndexerSettings(BaseSettings):
     shard_count: int = Field(default=1, ge=1)
     shard_index: int = Field(default=0, ge=0)
     shard_wait_s: float = Field(default=300.0, gt=0)  # how long shards > 0 wait for shard 0's version
+    # Qdrant cluster layout of each new version (a server only; unset: the server's defaults).
+    qdrant_shard_number: int | None = Field(default=None, ge=1)
+    qdrant_replication_factor: int | None = Field(default=None, ge=1)
+    qdrant_write_consistency_factor: int | None = Field(default=None, ge=1)
     progress: bool = True
 
     @model_validator(mode="after")
