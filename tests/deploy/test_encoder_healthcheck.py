@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
+from bench.stack import free_port
 from services.encoder import healthcheck
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serving_encoder_is_healthy(encoder_target: str) -> None:
@@ -26,7 +19,7 @@ def test_default_target_comes_from_encoder_port(encoder_target: str, monkeypatch
 
 
 def test_unreachable_encoder_is_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
-    target = f"127.0.0.1:{_closed_port()}"
+    target = f"127.0.0.1:{free_port()}"
     assert healthcheck.main([target]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
 

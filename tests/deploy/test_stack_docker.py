@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.stack import free_port
 from tests.deploy.deployfiles import COMPOSE_FILE, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -49,12 +49,6 @@ def docker_client() -> Any:
     if probe.returncode != 0:
         pytest.skip(f"needs the docker compose plugin: {probe.stderr.strip()}")
     return client
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -85,7 +79,7 @@ def stack(docker_client: Any, tmp_path: Path, tiny_checkpoint: Path, mnist_dir: 
     shutil.copytree(tiny_checkpoint, checkpoints / "mnist-compact")
     for path in [checkpoints, *checkpoints.rglob("*")]:  # readable by the image's non-root user
         path.chmod(0o755 if path.is_dir() else 0o644)
-    gateway_port = _free_port()
+    gateway_port = free_port()
     settings = {
         "COMPOSE_PROFILES": "",
         "GATEWAY_API_KEY": secrets.token_hex(16),
@@ -95,9 +89,9 @@ def stack(docker_client: Any, tmp_path: Path, tiny_checkpoint: Path, mnist_dir: 
         "CHECKPOINTS": str(checkpoints),
         "MNIST": str(mnist_dir.resolve()),
         "GATEWAY_PUBLISHED_PORT": str(gateway_port),
-        "GATEWAY_GRPC_PUBLISHED_PORT": str(_free_port()),
-        "QDRANT_PUBLISHED_PORT": str(_free_port()),
-        "QDRANT_GRPC_PUBLISHED_PORT": str(_free_port()),
+        "GATEWAY_GRPC_PUBLISHED_PORT": str(free_port()),
+        "QDRANT_PUBLISHED_PORT": str(free_port()),
+        "QDRANT_GRPC_PUBLISHED_PORT": str(free_port()),
     }
     env_file = tmp_path / "stack.env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.stack import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _environment(checkpoint: Path, port: int) -> dict[str, str]:
@@ -56,7 +51,7 @@ def _wait_serving(port: int, process: subprocess.Popen[str], timeout_s: float = 
 
 @pytest.mark.slow
 def test_sigterm_stops_the_server_gracefully(tiny_checkpoint: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "services.encoder"],
         cwd=REPO,
@@ -85,7 +80,7 @@ def test_missing_weights_exit_non_zero_naming_the_file(tiny_checkpoint: Path, tm
     result = subprocess.run(
         [sys.executable, "-m", "services.encoder"],
         cwd=REPO,
-        env=_environment(broken, _free_port()),
+        env=_environment(broken, free_port()),
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,11 +11,20 @@ import struct
 import zlib
 from functools import cache
 
+from hypothesis import HealthCheck, settings
 from PIL import Image, ImageDraw
 
 from tests.gateway.conftest import digit_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Hypothesis settings of the fuzz tests against the running services: deterministic and bounded.
+SERVICE_FUZZ = settings(
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def encode(image: Image.Image, image_format: str, **options: object) -> bytes:

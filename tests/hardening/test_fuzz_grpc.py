@@ -10,12 +10,13 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from tests.hardening.bad_inputs import (
     ODD_TEXTS,
+    SERVICE_FUZZ,
     broken_images,
     mangled_images,
     odd_but_valid_images,
@@ -23,12 +24,6 @@ from tests.hardening.bad_inputs import (
 )
 from tests.hardening.tally import TALLY
 
-FUZZ = settings(
-    derandomize=True,
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 PNG = valid_images()["png"]
 CALL_TIMEOUT_S = 30.0
@@ -111,7 +106,7 @@ def test_encoder_texts(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
         call(encoder_stub.EmbedText, request, "grpc-encoder")
 
 
-@FUZZ
+@SERVICE_FUZZ
 @given(text=st.text(st.characters(codec="utf-8"), max_size=200))
 def test_encoder_any_text(encoder_stub: encoder_pb2_grpc.EncoderStub, text: str) -> None:
     call(encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[text]), "grpc-encoder")
@@ -214,7 +209,7 @@ def test_search_mixed_and_classify_numbers(search_stub: search_pb2_grpc.SearchSt
     call(search_stub.Classify, search_pb2.ClassifyRequest(labels=["a"]), "grpc-search")
 
 
-@FUZZ
+@SERVICE_FUZZ
 @given(
     text=st.text(st.characters(codec="utf-8"), max_size=100),
     k=st.integers(0, 2**32 - 1),

@@ -6,11 +6,12 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.hardening.bad_inputs import (
     ODD_TEXTS,
+    SERVICE_FUZZ,
     broken_images,
     mangled_images,
     odd_but_valid_images,
@@ -28,12 +29,6 @@ from tests.hardening.http_fuzz import (
 )
 from tests.hardening.tally import TALLY
 
-FUZZ = settings(
-    derandomize=True,
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 PNG = valid_images()["png"]
 ODD_NUMBERS: list[object] = [
     -1,
@@ -177,13 +172,13 @@ def test_odd_texts(http: TestClient) -> None:
     assert_still_serving(http)
 
 
-@FUZZ
+@SERVICE_FUZZ
 @given(text=st.text(TEXT_ALPHABET, max_size=300))
 def test_any_unicode_text(http: TestClient, text: str) -> None:
     post_json(http, "/search/text", {"query": text, "k": 2})
 
 
-@FUZZ
+@SERVICE_FUZZ
 @given(text=st.text(TEXT_ALPHABET, min_size=1, max_size=40))
 def test_any_unicode_label(http: TestClient, text: str) -> None:
     post_form(http, "/classify", [upload(PNG), ("labels", text.encode("utf-8", "surrogatepass"), None, None)])
@@ -216,7 +211,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@FUZZ
+@SERVICE_FUZZ
 @given(spec=st.dictionaries(st.sampled_from(["label", "split", "other"]), JSON_VALUES, max_size=3))
 def test_any_json_filter(http: TestClient, spec: dict[str, object]) -> None:
     post_json(http, "/search/text", {"query": "seven", "filter": spec})
