@@ -19,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a compact CLIP from scratch or fine-tune a checkpoint")
     train.add_argument("--config", type=Path, help="YAML file with settings (command-line flags win)")
     train.add_argument(
-        "--model", help="compact config name (tiny, mnist-scratch, mnist-minilm) or checkpoint"
+        "--model",
+        help="compact config name (tiny, mnist-scratch, mnist-minilm, mnist-convnext) or checkpoint",
     )
     train.add_argument("--output", type=Path, help="checkpoint directory to write")
     source = train.add_mutually_exclusive_group()

@@ -66,7 +66,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # A compact config name (training/models.py) to train from scratch, or a checkpoint dir / hub id.
-    model: str = "mnist-minilm"
+    model: str = "mnist-convnext"
     output: Path = Path("var/checkpoints/mnist-compact")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -254,7 +254,11 @@ def background_fill(processor: Any) -> torch.Tensor:
 def augment(
     pixels: torch.Tensor, config: AugmentConfig, generator: torch.Generator, fill: torch.Tensor
 ) -> torch.Tensor:
-    """Random affine (shift, rotation, scale, shear) of a whole batch with one grid_sample."""
+    """Random affine (shift, rotation, scale, shear) of a whole batch with one grid_sample.
+
+    The random draws come from `generator` on the CPU (same numbers on any device); the resampling
+    runs where `pixels` are, so a GPU run does not spend its time warping images on the CPU.
+    """
     if not config.enabled:
         return pixels
     n = pixels.shape[0]
@@ -274,9 +278,9 @@ def augment(
             torch.stack([sin, cos + shear * sin, shift_y], dim=1),
         ],
         dim=1,
-    ).to(pixels.dtype)
+    ).to(device=pixels.device, dtype=pixels.dtype)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
-    fill = fill.to(pixels.dtype)
+    fill = fill.to(device=pixels.device, dtype=pixels.dtype)
     # Sample the image relative to its background so new border pixels are background, not zeros.
     moved = F.grid_sample(pixels - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved + fill

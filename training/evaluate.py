@@ -213,6 +213,18 @@ def metric_rows(metrics: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
+def describe_vision(vision: Any) -> str:
+    if vision.model_type == "convnext":
+        return (
+            f"ConvNeXt, {vision.image_size}px images, stem patch {vision.patch_size}, stage widths "
+            f"{vision.hidden_sizes}, depths {vision.depths}"
+        )
+    return (
+        f"ViT, {vision.image_size}px images, patch {vision.patch_size}, width {vision.hidden_size}, "
+        f"{vision.num_hidden_layers} layers"
+    )
+
+
 def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: list[str], out: Path) -> str:
     config = checkpoint.model.config
     vision = config.vision_config
@@ -223,8 +235,7 @@ def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: l
         f"# {checkpoint.path.name}",
         "",
         f"A CLIP-style dual encoder (`{config.model_type}`) for clipsearch, {checkpoint.embedding_dim}-dim "
-        f"embeddings. Vision: ViT, {vision.image_size}px images, patch {vision.patch_size}, width "
-        f"{vision.hidden_size}, {vision.num_hidden_layers} layers. Text: `{text.model_type}`, width "
+        f"embeddings. Vision: {describe_vision(vision)}. Text: `{text.model_type}`, width "
         f"{text.hidden_size}, {text.num_hidden_layers} layers. Sketch normalisation: "
         f"`{checkpoint.meta.sketch_normalization.value}`. Weights fingerprint `{checkpoint.fingerprint[:16]}`.",
         "",

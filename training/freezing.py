@@ -9,8 +9,18 @@ from torch import nn
 from training.config import FreezeMode
 
 
-def _vision_blocks(model: Any) -> nn.ModuleList:
-    return model.vision_model.encoder.layers
+def _vision_blocks(model: Any) -> list[nn.Module]:
+    """The vision tower's blocks in order: ViT encoder layers, or ConvNeXt layers stage by stage."""
+    encoder = model.vision_model.encoder
+    if hasattr(encoder, "stages"):
+        return [layer for stage in encoder.stages for layer in stage.layers]
+    return list(encoder.layers)
+
+
+def _final_norm(model: Any) -> nn.Module:
+    """The norm after the last block (CLIP ViT: post_layernorm; ConvNeXt: layernorm after pooling)."""
+    vision = model.vision_model
+    return vision.post_layernorm if hasattr(vision, "post_layernorm") else vision.layernorm
 
 
 def apply_freezing(model: Any, mode: FreezeMode, unlock_last_n: int = 1) -> list[str]:
@@ -30,7 +40,7 @@ def apply_freezing(model: Any, mode: FreezeMode, unlock_last_n: int = 1) -> list
             trainable.extend(blocks[len(blocks) - unlock_last_n :] if unlock_last_n else [])
             # The final layer norm reads the last block's output: it moves with it.
             if unlock_last_n:
-                trainable.append(model.vision_model.post_layernorm)
+                trainable.append(_final_norm(model))
         for module in trainable:
             for parameter in module.parameters():
                 parameter.requires_grad = True

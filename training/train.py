@@ -192,7 +192,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
         )
         for batch in bar:
             indices = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            pixels = augment(train_data.pixels[indices], config.augment, generator, fill).to(device)
+            pixels = augment(train_data.pixels[indices].to(device), config.augment, generator, fill)
             texts = sample_captions(train_data, indices, generator)
             labels = (
                 train_data.labels[indices].to(device)
@@ -203,7 +203,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
                 image_embeds = image_features(model, pixels)
                 loss = clip_loss(image_embeds, captions(texts), model.logit_scale, labels)
                 if config.image_pair_weight > 0:
-                    second = augment(train_data.pixels[indices], config.augment, generator, fill).to(device)
+                    second = augment(train_data.pixels[indices].to(device), config.augment, generator, fill)
                     pair = image_pair_loss(
                         image_embeds, image_features(model, second), model.logit_scale, labels
                     )
@@ -252,12 +252,15 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             metrics = validation_metric(embedder, val_data, templates)
             record.update(metrics)
             value = next(iter(metrics.values()))
-            improved = progress.best_metric is None or value > progress.best_metric
-            if improved:
-                progress.best_metric, progress.best_epoch = value, epoch + 1
+            # A tie keeps the later weights: the schedule has decayed further, and a small validation
+            # set ties often. Only a strict gain resets the patience count.
+            improved = progress.best_metric is None or value >= progress.best_metric
+            if progress.best_metric is None or value > progress.best_metric:
                 progress.epochs_without_improvement = 0
             else:
                 progress.epochs_without_improvement += 1
+            if improved:
+                progress.best_metric, progress.best_epoch = value, epoch + 1
         progress.history.append(record)
         log.info("epoch %s", json.dumps(record))
         if improved:

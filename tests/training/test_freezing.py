@@ -14,9 +14,9 @@ from training.train import CaptionEncoder, build_optimizer
 
 
 def _one_step(
-    mode: FreezeMode, unlock_last_n: int = 1
+    mode: FreezeMode, unlock_last_n: int = 1, model_name: str = "tiny"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[str]]:
-    bundle = build_compact("tiny", seed=0)
+    bundle = build_compact(model_name, seed=0)
     model = bundle.model
     trainable = set(apply_freezing(model, mode, unlock_last_n))
     embedder = Embedder(model, bundle.tokenizer, bundle.image_processor, torch.device("cpu"))
@@ -35,12 +35,13 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
     return {name for name in before if not torch.equal(before[name], after[name])}
 
 
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-convnext"])
 @pytest.mark.parametrize(
     ("mode", "unlock"),
     [(FreezeMode.ALL, 1), (FreezeMode.LOCK_TEXT, 1), (FreezeMode.LAST_N, 1), (FreezeMode.LAST_N, 0)],
 )
-def test_only_trainable_parameters_change(mode: FreezeMode, unlock: int) -> None:
-    before, after, trainable = _one_step(mode, unlock)
+def test_only_trainable_parameters_change(mode: FreezeMode, unlock: int, model_name: str) -> None:
+    before, after, trainable = _one_step(mode, unlock, model_name)
     changed = _changed(before, after)
     # Position ids and the like are buffers; every trainable tensor gets a gradient here.
     assert changed == trainable
@@ -65,3 +66,15 @@ def test_text_tower_frozen_reports_the_mode() -> None:
     assert text_tower_frozen(model)
     apply_freezing(model, FreezeMode.ALL)
     assert not text_tower_frozen(model)
+
+
+def test_last_n_on_convnext_unlocks_the_last_block_and_final_norm() -> None:
+    _, _, last_n = _one_step(FreezeMode.LAST_N, 1, "tiny-convnext")
+    vision = {name for name in last_n if name.startswith("vision_model.")}
+    # tiny-convnext has two stages of one block each: only the second stage's block and the final norm.
+    assert vision
+    assert all(
+        name.startswith(("vision_model.encoder.stages.1.layers.0.", "vision_model.layernorm."))
+        for name in vision
+    )
+    assert any(name.startswith("vision_model.layernorm.") for name in vision)
