@@ -6,6 +6,7 @@ calls it on the model it is training, so what is evaluated is what is served.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,9 @@ class Embedder:
         self.model = prepare_model(model, self.cpu_mode)
         self._forward_context = forward_context(self.cpu_mode)
         self.tokenizer = tokenizer
+        # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"): input
+        # checks get their own copy, so they can run on the caller's thread beside an inference call.
+        self._check_tokenizer = copy.deepcopy(tokenizer)
         self.image_processor = image_processor
         self.max_text_tokens = max_text_tokens(model, tokenizer)
 
@@ -51,7 +55,10 @@ class Embedder:
         )
 
     def check_texts(self, texts: Sequence[str]) -> None:
-        """Raise TextInputError for the first text that cannot be embedded."""
+        """Raise TextInputError for the first text that cannot be embedded.
+
+        Cheap (tokenization only) and safe beside a running `embed_texts` on another thread.
+        """
         lengths = self.token_counts(texts)
         for position, (text, length) in enumerate(zip(texts, lengths, strict=True)):
             if not text.strip():
@@ -62,7 +69,7 @@ class Embedder:
                 )
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        encoded = self._check_tokenizer(list(texts), add_special_tokens=True, truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

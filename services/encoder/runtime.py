@@ -79,9 +79,10 @@ class EncoderRuntime:
         self._preprocess.shutdown(wait=True, cancel_futures=True)
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
+        # Checked here, on the event loop (tokenizing a request's texts takes microseconds): a check
+        # queued on the inference thread would wait behind the running batch and miss the next one.
         try:
-            await loop.run_in_executor(self._inference, self.embedder.check_texts, list(texts))
+            self.embedder.check_texts(list(texts))
         except TextInputError as exc:
             raise InputError(str(exc)) from None
         return await self.texts.submit(list(texts))
