@@ -105,7 +105,12 @@ async def index_mnist(
 
 
 def start_gateway(
-    encoder_target: str, store_path: Path, media_dir: Path, http_port: int, log: Path
+    encoder_target: str,
+    store_path: Path,
+    media_dir: Path,
+    http_port: int,
+    log: Path,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     return start(
         "services.gateway",
@@ -117,6 +122,7 @@ def start_gateway(
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_HTTP_PORT": str(http_port),
             "GATEWAY_GRPC_PORT": str(free_port()),
+            **(extra_env or {}),
         },
         log,
     )

@@ -35,6 +35,13 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
+        self.query_cache = Counter(
+            "query_cache",
+            "Text-query embeddings looked up in the gateway's cache, by result (hit or miss)",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.dependency_errors = Counter(
             "dependency_errors",
             "Encoder or store failures seen while answering",

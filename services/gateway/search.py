@@ -31,6 +31,7 @@ from clipsearch.store import (
 from clipsearch.v1 import encoder_pb2
 from services.gateway.errors import PayloadTooLarge, QueryError, Unavailable
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.query_cache import QueryCache
 from services.gateway.settings import GatewaySettings
 from services.gateway.store_handle import StoreHandle
 
@@ -146,6 +147,7 @@ class SearchCore:
         self.metrics = metrics
         self._model = _Cached()
         self._collection = _Cached()
+        self.query_cache = QueryCache(settings.query_cache_size)
 
     async def close(self) -> None:
         await self.encoder.close()
@@ -395,6 +397,27 @@ class SearchCore:
             raise
 
     async def _embed(self, kind: PartKind, items: Sequence[Any]) -> np.ndarray:
+        """Vectors for `items`; texts the current model has embedded before come from the cache."""
+        model = self._model.value
+        if kind != "text" or model is None or self.query_cache.max_entries <= 0:
+            return await self._call_encoder(kind, items)
+        fingerprint = model.fingerprint
+        vectors = [self.query_cache.get(fingerprint, text) for text in items]
+        missing = list(
+            dict.fromkeys(text for text, vector in zip(items, vectors, strict=True) if vector is None)
+        )
+        self.metrics.query_cache.labels("hit").inc(len(items) - len(missing))
+        self.metrics.query_cache.labels("miss").inc(len(missing))
+        if missing:
+            fresh = dict(zip(missing, await self._call_encoder(kind, missing), strict=True))
+            for text, vector in fresh.items():
+                self.query_cache.put(fingerprint, text, vector)
+            vectors = [
+                fresh[text] if vector is None else vector for text, vector in zip(items, vectors, strict=True)
+            ]
+        return np.stack([vector for vector in vectors if vector is not None])
+
+    async def _call_encoder(self, kind: PartKind, items: Sequence[Any]) -> np.ndarray:
         started = time.perf_counter()
         try:
             if kind == "text":

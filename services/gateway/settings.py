@@ -40,6 +40,8 @@ class GatewaySettings(BaseSettings):
 
     # How long model and collection facts are reused before they are asked for again.
     info_ttl_s: float = Field(default=5.0, ge=0)
+    # Text-query embeddings kept per model fingerprint (LRU, ~0.5 KiB each at 128 dims); 0 turns it off.
+    query_cache_size: int = Field(default=4096, ge=0)
 
     @field_validator(
         "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"

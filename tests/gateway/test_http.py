@@ -326,6 +326,21 @@ async def test_probes_info_docs_metrics_and_page(gateway: GatewayFactory, indexe
     assert "<canvas" in page.text
 
 
+async def test_repeated_text_query_is_answered_from_the_cache(gateway: GatewayFactory) -> None:
+    async with gateway() as client:
+        first = await client.post(f"{API}/search/text", json={"query": "a handwritten seven"})
+        again = await client.post(f"{API}/search/text", json={"query": "a handwritten seven"})
+        metrics = (await client.get("/metrics")).text
+    async with gateway(query_cache_size=0) as client:
+        uncached = await client.post(f"{API}/search/text", json={"query": "a handwritten seven"})
+        off_metrics = (await client.get("/metrics")).text
+    assert first.status_code == again.status_code == uncached.status_code == 200
+    assert first.json()["hits"] == again.json()["hits"] == uncached.json()["hits"]
+    assert 'clipsearch_gateway_query_cache_total{result="miss"} 1.0' in metrics
+    assert 'clipsearch_gateway_query_cache_total{result="hit"} 1.0' in metrics
+    assert 'clipsearch_gateway_query_cache_total{result="hit"}' not in off_metrics
+
+
 async def test_api_key_guards_the_api_but_not_probes_or_media(
     gateway: GatewayFactory, indexed: Indexed
 ) -> None:
