@@ -69,8 +69,10 @@ class EdgeTuning:
     indexing_threshold_kb: int = 40_000
     max_segment_size_kb: int | None = None  # None: Edge's default
     max_indexing_threads: int = 0  # 0: as many as there are cores
-    # One query walks one graph; more threads only help with many segments and idle cores.
-    max_search_threads: int | None = None
+    # One thread per query: a query walks one graph or scans one segment, and a gateway answers many
+    # queries at once; more threads only help with many segments and idle cores (an exact search of
+    # 10k vectors: 0.28 ms on one thread, 0.36 ms wall and 0.52 ms CPU on two).
+    max_search_threads: int | None = 1
 
     def edge_config(self, dim: int, vector_names: Sequence[str]) -> qe.EdgeConfig:
         hnsw = qe.HnswIndexConfig(
