@@ -62,7 +62,7 @@ def checkpoint(workdir: Path) -> tuple[str, str]:
     from training.models import build_compact
 
     target = workdir / "random-compact"
-    build_compact("mnist-minilm", seed=0).save(target)
+    build_compact("mnist-convnext", seed=0).save(target)
     return str(target), "compact model with random weights (no trained checkpoint found)"
 
 
@@ -143,14 +143,11 @@ async def run(args: argparse.Namespace) -> int:
                     workdir / "gateway.log",
                     {"GATEWAY_QUERY_CACHE_SIZE": cache_size},
                 )
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+                    await wait_for_gateway(http, gateway, workdir / "gateway.log")
                 for clients in (1, args.clients):
-                    results[path, clients] = await http_latencies(
-                        gateway,
-                        http_port,
-                        workdir,
-                        args.requests if clients > 1 else args.requests // 4,
-                        clients,
-                    )
+                    requests = args.requests if clients > 1 else args.requests // 4
+                    results[path, clients] = await http_latencies(http_port, requests, clients)
                 stop(gateway)
                 gateway = None
         finally:
@@ -179,12 +176,8 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def http_latencies(
-    gateway: subprocess.Popen[bytes], http_port: int, workdir: Path, requests: int, clients: int
-) -> tuple[np.ndarray, float]:
-    """Text-query latencies through the gateway's HTTP API, one keep-alive connection per client."""
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-        await wait_for_gateway(http, gateway, workdir / "gateway.log")
+async def http_latencies(http_port: int, requests: int, clients: int) -> tuple[np.ndarray, float]:
+    """Text-query latencies through a ready gateway's HTTP API, one keep-alive connection per client."""
     async with contextlib.AsyncExitStack() as connections:
         pool: asyncio.Queue[KeepAliveConnection] = asyncio.Queue()
         for _ in range(clients):
