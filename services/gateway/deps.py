@@ -43,12 +43,13 @@ def key_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-def get_core(request: Request) -> SearchCore:
+# async: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request.
+async def get_core(request: Request) -> SearchCore:
     core: SearchCore = request.app.state.core
     return core
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     settings: GatewaySettings = request.app.state.settings
     if settings.api_key is None:
         return
