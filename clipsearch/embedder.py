@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clipsearch.acceleration import CpuMode, forward_context, prepare_model, resolve_cpu_mode
 from clipsearch.checkpoint import LoadedCheckpoint, max_text_tokens
+from clipsearch.onnx_text import PROBE_TEXTS, TextForward, TextRuntime, choose_text_forward
 from clipsearch.preprocess import pixel_values
 
 
@@ -45,14 +47,37 @@ class Embedder:
         self._check_tokenizer = copy.deepcopy(tokenizer)
         self.image_processor = image_processor
         self.max_text_tokens = max_text_tokens(model, tokenizer)
+        # Texts through another runtime (clipsearch.onnx_text, set by from_checkpoint) or the model.
+        self._text_forward: TextForward | None = None
+        self.text_runtime = TextRuntime.TORCH
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: LoadedCheckpoint, cpu_mode: str | CpuMode = CpuMode.FP32
+        cls,
+        checkpoint: LoadedCheckpoint,
+        cpu_mode: str | CpuMode = CpuMode.FP32,
+        text_runtime: str | TextRuntime = TextRuntime.TORCH,
+        onnx_cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> Embedder:
-        return cls(
+        """An embedder of the checkpoint; `text_runtime` other than torch exports the text tower
+        (clipsearch.onnx_text) and keeps it only where it passes the probe (see there)."""
+        embedder = cls(
             checkpoint.model, checkpoint.tokenizer, checkpoint.image_processor, checkpoint.device, cpu_mode
         )
+        runtime, forward = choose_text_forward(
+            text_runtime,
+            device=checkpoint.device,
+            model=checkpoint.model,
+            features=text_features,
+            tokenize=embedder.tokenize,
+            fingerprint=checkpoint.fingerprint,
+            probe_texts=[*PROBE_TEXTS, *class_prompts(checkpoint)],
+            cache_dir=onnx_cache_dir,
+            threads=threads,
+        )
+        embedder._text_forward, embedder.text_runtime = forward, runtime
+        return embedder
 
     def check_texts(self, texts: Sequence[str]) -> None:
         """Raise TextInputError for the first text that cannot be embedded.
@@ -82,6 +107,8 @@ class Embedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, unit rows."""
         batch = self.tokenize(texts)
+        if self._text_forward is not None:
+            return self._text_forward(batch)
         with self._forward_context():
             features = text_features(self.model, batch)
         return _unit_rows(features)
@@ -112,6 +139,13 @@ def text_features(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def image_features(model: Any, values: torch.Tensor) -> torch.Tensor:
     """Projected, unnormalised image features (differentiable: training uses it too)."""
     return model.get_image_features(pixel_values=values).pooler_output
+
+
+def class_prompts(checkpoint: LoadedCheckpoint, limit: int = 12) -> list[str]:
+    """Texts the checkpoint is meant to read: its prompt templates filled with its class names."""
+    meta = checkpoint.meta
+    prompts = [template.format(name) for name in meta.class_names for template in meta.prompt_templates[:1]]
+    return prompts[:limit]
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from training.models import build_compact
 
 REPO = Path(__file__).resolve().parents[1]
+# Encoders started by tests export ONNX text towers here, not into the user's ~/.cache.
+os.environ.setdefault("ENCODER_ONNX_CACHE_DIR", tempfile.mkdtemp(prefix="clipsearch-test-onnx-"))
 
 
 @pytest.fixture(scope="session")

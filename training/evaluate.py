@@ -25,6 +25,7 @@ import torch
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from clipsearch.datasets import DatasetError
 from clipsearch.embedder import Embedder
+from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
 from training.data import PairData, all_captions, label_forms, load_pairs, with_articles
@@ -78,14 +79,18 @@ def embed_images(embedder: Embedder, pixels: torch.Tensor) -> np.ndarray:
     )
 
 
-def evaluate_checkpoint(checkpoint: LoadedCheckpoint, data_config: DataConfig) -> tuple[Evaluated, PairData]:
-    embedder = Embedder.from_checkpoint(checkpoint)
+def evaluate_checkpoint(
+    checkpoint: LoadedCheckpoint, data_config: DataConfig, text_runtime: str = TextRuntime.TORCH
+) -> tuple[Evaluated, PairData]:
+    """Metrics of the checkpoint; `text_runtime` embeds the texts as the encoder would (onnx_text)."""
+    embedder = Embedder.from_checkpoint(checkpoint, text_runtime=text_runtime)
     data = load_pairs(data_config, checkpoint.image_processor, "test")
     images = embed_images(embedder, data.pixels)
     metrics: dict[str, Any] = {
         "checkpoint": str(checkpoint.path),
         "fingerprint": checkpoint.fingerprint,
         "images": len(data),
+        "text_runtime": embedder.text_runtime.value,
     }
     prototypes = None
     if data.labels is not None and data.class_names:
@@ -287,16 +292,19 @@ def run(
     data_config: DataConfig,
     out: Path | None,
     device: str | None = None,
+    text_runtime: str = TextRuntime.TORCH,
 ) -> dict[str, Any]:
     checkpoint = load_checkpoint(checkpoint_path, device=device)
     runs: list[Evaluated] = []
     report: dict[str, Any] = {}
     if baseline_path:
-        baseline, _ = evaluate_checkpoint(load_checkpoint(baseline_path, device=device), data_config)
+        baseline, _ = evaluate_checkpoint(
+            load_checkpoint(baseline_path, device=device), data_config, text_runtime
+        )
         baseline.name = f"baseline: {baseline.name}"
         runs.append(baseline)
         report["baseline"] = baseline.metrics
-    trained, data = evaluate_checkpoint(checkpoint, data_config)
+    trained, data = evaluate_checkpoint(checkpoint, data_config, text_runtime)
     trained.name = f"trained: {trained.name}"
     runs.append(trained)
     report["checkpoint"] = trained.metrics
@@ -327,6 +335,12 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--limit", type=int, help="evaluate on the first N examples only")
     parse.add_argument("--out", type=Path, help="where metrics.json and PNGs go (default: CHECKPOINT/eval)")
     parse.add_argument("--device", help="auto, cpu, cuda ...")
+    parse.add_argument(
+        "--text-runtime",
+        choices=TEXT_RUNTIME_CHOICES,
+        default=TextRuntime.TORCH.value,
+        help="embed texts with torch (default) or as the encoder may: onnx, onnx-int8 (clipsearch.onnx_text)",
+    )
     return parse
 
 
@@ -345,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             download=args.download_mnist,
             limit=args.limit,
         )
-        report = run(args.checkpoint, args.baseline, data_config, args.out, args.device)
+        report = run(args.checkpoint, args.baseline, data_config, args.out, args.device, args.text_runtime)
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

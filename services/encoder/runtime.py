@@ -35,9 +35,21 @@ class EncoderRuntime:
     ) -> None:
         self.checkpoint = checkpoint
         self.settings = settings
-        self.embedder = Embedder.from_checkpoint(checkpoint, cpu_mode=settings.cpu_mode)
+        self.embedder = Embedder.from_checkpoint(
+            checkpoint,
+            cpu_mode=settings.cpu_mode,
+            text_runtime=settings.text_runtime,
+            onnx_cache_dir=settings.onnx_cache_dir,
+            threads=settings.torch_threads,
+        )
         if checkpoint.device.type == "cpu":
-            log.info("CPU mode %s (ENCODER_CPU_MODE=%s)", self.embedder.cpu_mode.value, settings.cpu_mode)
+            log.info(
+                "CPU mode %s (ENCODER_CPU_MODE=%s), text runtime %s (ENCODER_TEXT_RUNTIME=%s)",
+                self.embedder.cpu_mode.value,
+                settings.cpu_mode,
+                self.embedder.text_runtime.value,
+                settings.text_runtime,
+            )
         # Thread settings of torch's OpenMP pool are per calling thread: apply them on the inference thread.
         self._inference = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="encoder-inference", initializer=self._init_inference_thread

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
+from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
 MIB = 1024 * 1024
@@ -27,6 +30,11 @@ class EncoderSettings(BaseSettings):
     # How the model runs on a CPU (clipsearch.acceleration): auto (bf16 where the CPU does bf16
     # natively and the model is wide enough, else fp32), fp32, bf16, bf16-autocast, int8-dynamic.
     cpu_mode: str = AUTO
+    # How texts are embedded on a CPU (clipsearch.onnx_text): auto (the text tower on ONNX Runtime
+    # in int8 where it keeps the probe's cosine with torch, else torch), torch, onnx, onnx-int8.
+    text_runtime: str = AUTO
+    # Where exported ONNX text towers are cached (default ~/.cache/clipsearch/onnx).
+    onnx_cache_dir: Path | None = None
     # Micro-batching across concurrent requests: a batch closes at this many items or after
     # this long, whichever comes first. No window by default: requests that queue while the
     # model runs form the next batch, so batches grow with load and a lone request never waits
@@ -52,6 +60,12 @@ class EncoderSettings(BaseSettings):
     @classmethod
     def _known_cpu_mode(cls, value: str) -> str:
         parse_cpu_mode(value)  # CpuModeError (a ValueError) lists the choices
+        return value
+
+    @field_validator("text_runtime")
+    @classmethod
+    def _known_text_runtime(cls, value: str) -> str:
+        parse_text_runtime(value)  # TextRuntimeError (a ValueError) lists the choices
         return value
 
     @field_validator("api_key", mode="before")
