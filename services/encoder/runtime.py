@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from clipsearch.batching import BatchFn, Item, MicroBatcher, on_executor
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder, TextInputError
 from clipsearch.preprocess import ImageInputError, decode_image, decode_sketch, pixel_values
-from services.encoder.batching import BatchFn, Item, MicroBatcher
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.settings import EncoderSettings
 
@@ -62,8 +62,7 @@ class EncoderRuntime:
 
     def _batcher(self, batch_fn: BatchFn[Item], metrics: EncoderMetrics, kind: str) -> MicroBatcher[Item]:
         return MicroBatcher(
-            batch_fn,
-            self._inference,
+            on_executor(batch_fn, self._inference),
             max_batch_size=self.settings.max_batch_size,
             max_wait_ms=self.settings.max_wait_ms,
             enabled=self.settings.batching,

@@ -42,6 +42,13 @@ class GatewayMetrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.encoder_call_texts = Histogram(
+            "encoder_call_texts",
+            "Text queries sent together in one EmbedText call",
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.dependency_errors = Counter(
             "dependency_errors",
             "Encoder or store failures seen while answering",

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from clipsearch.batching import MicroBatcher
 from clipsearch.encoder_client import EncoderClient, EncoderInputError, EncoderUnavailable
 from clipsearch.store import (
     CAPTION_VECTOR,
@@ -148,8 +149,20 @@ class SearchCore:
         self._model = _Cached()
         self._collection = _Cached()
         self.query_cache = QueryCache(settings.query_cache_size)
+        # Concurrent text queries share encoder calls; a query the encoder rejects is retried alone,
+        # so it fails by itself and not the queries it shared a call with.
+        self._texts: MicroBatcher[str] = MicroBatcher(
+            self._embed_texts_call,
+            max_batch_size=settings.encoder_texts_per_call,
+            max_wait_ms=0.0,
+            enabled=settings.encoder_calls_in_flight > 0,
+            max_in_flight=max(settings.encoder_calls_in_flight, 1),
+            isolate=lambda exc: isinstance(exc, EncoderInputError),
+            on_batch=metrics.encoder_call_texts.observe,
+        )
 
     async def close(self) -> None:
+        await self._texts.close()
         await self.encoder.close()
         await asyncio.to_thread(self.store.close)
 
@@ -421,7 +434,8 @@ class SearchCore:
         started = time.perf_counter()
         try:
             if kind == "text":
-                vectors = await self.encoder.embed_texts(items)
+                self._texts.start()  # idempotent; needs the running loop, which __init__ may not have
+                vectors = await self._texts.submit(list(items))
             elif kind == "image":
                 vectors = await self.encoder.embed_images(items)
             else:
@@ -437,6 +451,15 @@ class SearchCore:
         if len(vectors) != len(items):
             raise Unavailable(f"encoder returned {len(vectors)} vectors for {len(items)} inputs")
         return vectors
+
+    async def _embed_texts_call(self, texts: list[str]) -> np.ndarray:
+        """One EmbedText call for the texts of concurrent queries (each distinct text once)."""
+        distinct = list(dict.fromkeys(texts))
+        vectors = await self.encoder.embed_texts(distinct)
+        if len(vectors) != len(distinct):
+            raise EncoderUnavailable(f"encoder returned {len(vectors)} vectors for {len(distinct)} texts")
+        position = {text: row for row, text in enumerate(distinct)}
+        return vectors[[position[text] for text in texts]]
 
     async def _embed_batched(self, kind: PartKind, items: Sequence[Any], batch: int) -> np.ndarray:
         chunks = [items[start : start + batch] for start in range(0, len(items), batch)]

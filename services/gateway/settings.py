@@ -42,6 +42,11 @@ class GatewaySettings(BaseSettings):
     info_ttl_s: float = Field(default=5.0, ge=0)
     # Text-query embeddings kept per model fingerprint (LRU, ~0.5 KiB each at 128 dims); 0 turns it off.
     query_cache_size: int = Field(default=4096, ge=0)
+    # Concurrent text queries share EmbedText calls (each call costs the encoder ~1.1 ms of CPU
+    # whatever it carries): at most this many calls in flight, each with at most this many texts.
+    # encoder_calls_in_flight=0 sends every query in its own call.
+    encoder_calls_in_flight: int = Field(default=2, ge=0)
+    encoder_texts_per_call: int = Field(default=32, ge=1)
 
     @field_validator(
         "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"

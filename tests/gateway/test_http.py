@@ -341,6 +341,36 @@ async def test_repeated_text_query_is_answered_from_the_cache(gateway: GatewayFa
     assert 'clipsearch_gateway_query_cache_total{result="hit"}' not in off_metrics
 
 
+async def test_concurrent_text_queries_share_encoder_calls_and_a_rejected_one_fails_alone(
+    gateway: GatewayFactory,
+) -> None:
+    queries = [f"the number {word}" for word in ("one", "two", "three", "four", "five", "six")]
+    too_long = " ".join(["seven"] * 60)  # more tokens than the tiny model takes: the encoder refuses it
+
+    async def search(client: httpx.AsyncClient, query: str) -> httpx.Response:
+        return await client.post(f"{API}/search/text", json={"query": query})
+
+    async with gateway(query_cache_size=0, encoder_calls_in_flight=0) as client:
+        alone = [await search(client, query) for query in queries]
+    async with gateway(query_cache_size=0, info_ttl_s=60.0) as client:
+        await search(client, "warm up")  # model and collection facts fetched once, before the burst
+        together = await asyncio.gather(*(search(client, query) for query in [*queries, too_long]))
+        metrics = (await client.get("/metrics")).text
+    *answered, refused = together
+    assert [response.status_code for response in answered] == [200] * len(queries)
+    assert [response.json()["hits"] for response in answered] == [
+        response.json()["hits"] for response in alone
+    ]
+    assert refused.status_code == 400
+    assert "tokens" in refused.json()["detail"]
+    buckets = {
+        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("clipsearch_gateway_encoder_call_texts_bucket")
+    }
+    assert buckets["1.0"] < buckets["+Inf"], "no encoder call carried more than one query"
+
+
 async def test_api_key_guards_the_api_but_not_probes_or_media(
     gateway: GatewayFactory, indexed: Indexed
 ) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from bench.stack import free_port, stop
+from clipsearch.batching import MicroBatcher, on_executor
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
-from services.encoder.batching import MicroBatcher
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
 from tests.gateway.conftest import build_index, digit_png
@@ -44,7 +44,9 @@ async def test_the_batcher_skips_work_whose_caller_gave_up() -> None:
         return np.asarray(items, dtype=np.float32)[:, None]
 
     with ThreadPoolExecutor(1) as inference:
-        batcher: MicroBatcher[float] = MicroBatcher(embed, inference, max_batch_size=8, max_wait_ms=50.0)
+        batcher: MicroBatcher[float] = MicroBatcher(
+            on_executor(embed, inference), max_batch_size=8, max_wait_ms=50.0
+        )
         batcher.start()
         try:
             expired = [asyncio.ensure_future(batcher.submit([float(i)])) for i in range(5)]

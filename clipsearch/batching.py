@@ -1,9 +1,19 @@
-"""Dynamic micro-batching: concurrent requests share one model forward pass.
+"""Dynamic micro-batching: concurrent requests share one call.
 
 Requests put their items on a queue; a collector task closes a batch when it
 holds `max_batch_size` items or when its oldest item has waited `max_wait_ms`,
-runs the batch on the single inference thread (off the event loop), and hands
-each request its rows. A request larger than a batch is split into chunks.
+runs it, and hands each request its rows. A request larger than a batch is
+split into chunks. Two users:
+
+- the encoder: concurrent requests share one model forward pass, on its single
+  inference thread (`on_executor`);
+- the gateway: concurrent text queries share one EmbedText call to the encoder,
+  since each call costs the encoder about 1.1 ms of CPU whatever it carries.
+
+With `max_in_flight` above 1, that many batches run at once (the gateway keeps
+the encoder busy while the next call forms); `isolate` names failures that are
+one item's fault, after which each request of the failed batch is retried
+alone, so one bad query cannot fail the queries it happened to share a call with.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -20,7 +30,17 @@ import numpy as np
 
 Item = TypeVar("Item")
 BatchFn = Callable[[list[Item]], np.ndarray]
+BatchRunner = Callable[[list[Item]], Awaitable[np.ndarray]]
 BatchObserver = Callable[[int], None]
+
+
+def on_executor(batch_fn: BatchFn[Item], executor: Executor) -> BatchRunner[Item]:
+    """A runner that calls the blocking `batch_fn` on `executor`, off the event loop."""
+
+    async def run(items: list[Item]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(executor, batch_fn, items)
+
+    return run
 
 
 @dataclass
@@ -31,7 +51,7 @@ class _Work(Generic[Item]):
 
 
 class MicroBatcher(Generic[Item]):
-    """Runs `batch_fn` (list of items -> (n, dim) rows) on `executor`, batching across callers.
+    """Runs `run` (list of items -> (n, dim) rows) on batches gathered across callers.
 
     With `enabled=False` every request runs alone, in chunks of at most
     `max_batch_size` items (the baseline the benchmark compares against).
@@ -39,23 +59,28 @@ class MicroBatcher(Generic[Item]):
 
     def __init__(
         self,
-        batch_fn: BatchFn[Item],
-        executor: Executor,
+        run: BatchRunner[Item],
         *,
         max_batch_size: int,
         max_wait_ms: float,
         enabled: bool = True,
+        max_in_flight: int = 1,
+        isolate: Callable[[Exception], bool] | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
-        self._batch_fn = batch_fn
-        self._executor = executor
+        if max_batch_size < 1 or max_in_flight < 1:
+            raise ValueError("max_batch_size and max_in_flight must be at least 1")
+        self._run_batch = run
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
         self._enabled = enabled
+        self._isolate = isolate
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Work[Item]] = asyncio.Queue()
         self._pending: _Work[Item] | None = None  # took from the queue, did not fit the last batch
         self._collector: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._enabled and self._collector is None:
@@ -67,6 +92,10 @@ class MicroBatcher(Generic[Item]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
             self._collector = None
+        for task in list(self._running):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._running, return_exceptions=True)
         # Nothing should be left after a graceful stop; never leave a caller hanging.
         leftovers = [self._pending] if self._pending is not None else []
         while not self._queue.empty():
@@ -95,8 +124,7 @@ class MicroBatcher(Generic[Item]):
     async def _run(self, items: list[Item]) -> np.ndarray:
         if self._on_batch is not None:
             self._on_batch(len(items))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._batch_fn, items)
+        return await self._run_batch(items)
 
     async def _next_batch(self) -> list[_Work[Item]]:
         first = self._pending if self._pending is not None else await self._queue.get()
@@ -123,9 +151,23 @@ class MicroBatcher(Generic[Item]):
 
     async def _collect_forever(self) -> None:
         while True:
-            batch = [work for work in await self._next_batch() if not work.future.done()]
+            # Wait for a free slot before gathering, so a batch collects everything that queued
+            # while the slots were busy.
+            await self._slots.acquire()
+            try:
+                batch = [work for work in await self._next_batch() if not work.future.done()]
+            except BaseException:
+                self._slots.release()
+                raise
             if not batch:
+                self._slots.release()
                 continue  # every caller in it gave up (cancelled)
+            task = asyncio.get_running_loop().create_task(self._answer(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: list[_Work[Item]]) -> None:
+        try:
             items = [item for work in batch for item in work.items]
             try:
                 rows = await self._run(items)
@@ -133,14 +175,35 @@ class MicroBatcher(Generic[Item]):
                 for work in batch:
                     work.future.cancel()
                 raise
-            except Exception as exc:  # the batch failed: every caller in it sees the error
-                for work in batch:
+            except Exception as exc:
+                if len(batch) > 1 and self._isolate is not None and self._isolate(exc):
+                    await self._answer_alone(batch)
+                    return
+                for work in batch:  # the batch failed: every caller in it sees the error
                     if not work.future.done():
                         work.future.set_exception(exc)
-                continue
+                return
             start = 0
             for work in batch:
                 end = start + len(work.items)
                 if not work.future.done():
                     work.future.set_result(rows[start:end])
                 start = end
+        finally:
+            self._slots.release()
+
+    async def _answer_alone(self, batch: list[_Work[Item]]) -> None:
+        """Each request of a failed batch on its own: only the one at fault sees the error."""
+        for work in batch:
+            if work.future.done():
+                continue
+            try:
+                rows = await self._run(work.items)
+            except asyncio.CancelledError:
+                for waiting in batch:
+                    waiting.future.cancel()  # no-op for the answered ones
+                raise
+            except Exception as exc:
+                work.future.set_exception(exc)
+            else:
+                work.future.set_result(rows)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from services.encoder.batching import MicroBatcher
+from clipsearch.batching import MicroBatcher, on_executor
 
 
 class Recorder:
@@ -40,7 +40,7 @@ async def _started(
     recorder: Recorder, executor: ThreadPoolExecutor, **options: object
 ) -> MicroBatcher[float]:
     settings: dict = {"max_batch_size": 8, "max_wait_ms": 50.0, **options}
-    batcher: MicroBatcher[float] = MicroBatcher(recorder, executor, **settings)
+    batcher: MicroBatcher[float] = MicroBatcher(on_executor(recorder, executor), **settings)
     batcher.start()
     return batcher
 
@@ -117,3 +117,52 @@ async def test_zero_wait_still_batches_what_is_already_queued(executor: ThreadPo
         await batcher.close()
     assert [float(r[0, 0]) for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert len(recorder.sizes) < 6
+
+
+async def test_isolated_failures_fail_only_the_request_at_fault(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder(fail_on=13.0)
+    batcher = await _started(recorder, executor, isolate=lambda exc: isinstance(exc, ValueError))
+    try:
+        outcomes = await asyncio.gather(
+            batcher.submit([1.0]), batcher.submit([13.0]), batcher.submit([2.0, 3.0]), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+    assert isinstance(outcomes[1], ValueError)
+    assert [row.ravel().tolist() for row in outcomes if isinstance(row, np.ndarray)] == [[1.0], [2.0, 3.0]]
+    assert recorder.sizes[0] == 4  # they shared a call first, then ran alone: 1, 1, 2
+    assert sorted(recorder.sizes[1:]) == [1, 1, 2]
+
+
+async def test_up_to_max_in_flight_batches_run_at_once_and_the_rest_wait_together() -> None:
+    running, most, sizes = 0, 0, []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(items: list[float]) -> np.ndarray:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        sizes.append(len(items))
+        started.set()
+        await release.wait()
+        running -= 1
+        return np.asarray(items, dtype=np.float32)[:, None]
+
+    batcher: MicroBatcher[float] = MicroBatcher(slow, max_batch_size=8, max_wait_ms=0.0, max_in_flight=2)
+    batcher.start()
+    try:
+        first = []
+        for i in range(2):  # one at a time, so each takes a slot of its own
+            first.append(asyncio.ensure_future(batcher.submit([float(i)])))
+            await started.wait()
+            started.clear()
+        later = [asyncio.ensure_future(batcher.submit([float(i)])) for i in range(2, 7)]
+        await asyncio.sleep(0.02)
+        assert sizes == [1, 1]  # both slots busy: the five later requests wait
+        release.set()
+        results = await asyncio.gather(*first, *later)
+    finally:
+        await batcher.close()
+    assert [float(rows[0, 0]) for rows in results] == [float(i) for i in range(7)]
+    assert most == 2
+    assert sizes == [1, 1, 5]  # the five that waited went in one call
