@@ -129,6 +129,9 @@ def _fsync_dir(path: Path) -> None:
 class EdgeStore:
     """`VectorStore` on Qdrant Edge shards under one root directory, owned by one process."""
 
+    # Sub-millisecond to a few ms per search, GIL held throughout (see VectorStore.in_process).
+    in_process = True
+
     def __init__(self, root: str | os.PathLike[str], *, tuning: EdgeTuning | None = None) -> None:
         self.root = Path(root)
         self.tuning = tuning or EdgeTuning()

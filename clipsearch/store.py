@@ -122,6 +122,10 @@ def versions_prefix(alias: str) -> str:
 
 
 class VectorStore(Protocol):
+    # True where calls do no I/O waits (the embedded Edge store): a worker thread would buy no
+    # parallelism, since Edge holds the GIL while it searches, only thread hand-offs.
+    in_process: bool
+
     # --- read side (gateway) ---
     def collection_info(self, name_or_alias: str) -> CollectionInfo | None:
         """The collection an alias points at (or a physical collection); None if absent."""
@@ -204,6 +208,9 @@ def _version_number(name: str, alias: str) -> int | None:
 
 class QdrantStore:
     """VectorStore over qdrant-client. Build with `open_store`."""
+
+    # A server is a network call; local mode is slow Python (numpy lets other threads run).
+    in_process = False
 
     def __init__(
         self, client: QdrantClient, *, where: str, local: bool, layout: ClusterLayout | None = None

@@ -403,6 +403,8 @@ class SearchCore:
 
     async def _store_call(self, call: Callable[[Any], T]) -> T:
         try:
+            if self.store.in_process:
+                return self.store.call(call)
             return await asyncio.to_thread(self.store.call, call)
         except Unavailable:
             self._collection.clear()

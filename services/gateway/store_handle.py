@@ -47,6 +47,12 @@ class StoreHandle:
         except StoreError as exc:
             raise Unavailable(f"store {self.description} failed: {exc}") from None
 
+    @property
+    def in_process(self) -> bool:
+        """The store is open and its calls gain nothing from a worker thread (VectorStore.in_process)."""
+        store = self._store
+        return store is not None and store.in_process
+
     def ping(self) -> None:
         self.call(lambda store: store.ping())
 
