@@ -302,9 +302,19 @@ def main() -> None:
             f"checkpoint {loaded.name} ({loaded.architecture}, dim {loaded.embedding_dim}) on {loaded.device}"
         )
         base = EncoderSettings(checkpoint=checkpoint, host="127.0.0.1", port=0, metrics_enabled=False)
-        # Both sides run the model in the service's CPU mode (ENCODER_CPU_MODE), so only the service differs.
-        in_process = Embedder.from_checkpoint(loaded, cpu_mode=base.cpu_mode)
-        print(f"CPU mode {in_process.cpu_mode.value} (ENCODER_CPU_MODE={base.cpu_mode})")
+        # Both sides run the model in the service's CPU mode (ENCODER_CPU_MODE) and text runtime
+        # (ENCODER_TEXT_RUNTIME), so only the service differs.
+        in_process = Embedder.from_checkpoint(
+            loaded,
+            cpu_mode=base.cpu_mode,
+            text_runtime=base.text_runtime,
+            onnx_cache_dir=base.onnx_cache_dir,
+            threads=base.torch_threads,
+        )
+        print(
+            f"CPU mode {in_process.cpu_mode.value} (ENCODER_CPU_MODE={base.cpu_mode}), "
+            f"text runtime {in_process.text_runtime.value} (ENCODER_TEXT_RUNTIME={base.text_runtime})"
+        )
         print(f"{args.items} items per measurement; rates in items/s, best of {REPEATS} runs\n")
 
         # The in-process loop runs on one worker thread, as the service's inference does: on a busy
