@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +11,20 @@ import pytest
 from training.models import build_compact
 
 REPO = Path(__file__).resolve().parents[1]
-# Encoders started by tests export ONNX text towers here, not into the user's ~/.cache.
-os.environ.setdefault("ENCODER_ONNX_CACHE_DIR", tempfile.mkdtemp(prefix="clipsearch-test-onnx-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Encoders started by tests (in process or as processes) export ONNX text towers here,
+    not into the user's ~/.cache."""
+    directory = tmp_path_factory.mktemp("onnx-cache")
+    previous = os.environ.get("ENCODER_ONNX_CACHE_DIR")
+    os.environ["ENCODER_ONNX_CACHE_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("ENCODER_ONNX_CACHE_DIR", None)
+    else:
+        os.environ["ENCODER_ONNX_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")
