@@ -59,6 +59,9 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 # model: 0.990 at worst over the probe (an out-of-domain phrase), and every evaluation metric
 # exactly as with torch.
 MIN_PROBE_COSINE = 0.98
+# Traced at export: two texts of clearly different lengths, so the batch is padded and the
+# attention-mask path (data-dependent in HF's masking code) is what the graph records.
+EXPORT_EXAMPLE = ("zero", "a photo of a dog, drawn by hand on white paper")
 PROBE_TEXTS = (
     "a photo of a dog",
     "show me sevens",
@@ -165,6 +168,8 @@ def export_text_tower(
     """
     if runtime is TextRuntime.TORCH:
         raise TextRuntimeError("the torch runtime has nothing to export")
+    if bool(example["attention_mask"].all()):
+        raise TextRuntimeError("the export example must be a padded batch (texts of different lengths)")
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fp32_temp = temp.with_suffix(".fp32.tmp") if runtime is TextRuntime.ONNX_INT8 else temp
@@ -216,7 +221,7 @@ def cached_path(cache_dir: Path, fingerprint: str, runtime: TextRuntime) -> Path
     the name: a newer exporter, runtime or recipe makes a new file rather than trusting an old one."""
     import onnxruntime as ort
 
-    recipe = hashlib.sha256(repr((ONNX_OPSET, FP32_NODE_PATTERNS)).encode()).hexdigest()[:8]
+    recipe = hashlib.sha256(repr((ONNX_OPSET, FP32_NODE_PATTERNS, EXPORT_EXAMPLE)).encode()).hexdigest()[:8]
     versions = f"torch{torch.__version__.split('+')[0]}-ort{ort.__version__}-{recipe}"
     return cache_dir / f"text-{fingerprint[:24]}-{runtime.value}-{versions}.onnx"
 
@@ -337,7 +342,7 @@ def _load_or_export(
             return OnnxTextTower(path, threads, one_text_per_run=per_text)
         except TextRuntimeError as exc:
             log.warning("%s; exporting it again", exc)
-    export_text_tower(model, features, tokenize(list(probe_texts[:2])), path, runtime)
+    export_text_tower(model, features, tokenize(list(EXPORT_EXAMPLE)), path, runtime)
     return OnnxTextTower(path, threads, one_text_per_run=per_text)
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from clipsearch import onnx_text
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
-from clipsearch.embedder import Embedder
+from clipsearch.embedder import Embedder, text_features
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.onnx_text import TextRuntime, TextRuntimeError, cached_path
 from services.encoder.server import serve_in_thread
@@ -135,6 +135,20 @@ def test_torch_is_used_off_the_cpu_and_when_asked_for(tiny: LoadedCheckpoint) ->
     )
     assert runtime is TextRuntime.TORCH
     assert forward is None
+
+
+def test_the_export_refuses_an_unpadded_example(tiny: LoadedCheckpoint, tmp_path: Path) -> None:
+    # Traced on a batch without padding, the graph could leave the attention mask out.
+    embedder = Embedder.from_checkpoint(tiny)
+    with pytest.raises(TextRuntimeError, match="padded"):
+        onnx_text.export_text_tower(
+            tiny.model,
+            text_features,
+            embedder.tokenize(["seven", "eight"]),
+            tmp_path / "t.onnx",
+            TextRuntime.ONNX,
+        )
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_unknown_text_runtime_is_a_settings_error() -> None:
