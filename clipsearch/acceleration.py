@@ -59,19 +59,32 @@ MIN_COSINE: dict[CpuMode, float] = {
 AUTO = "auto"
 CPU_MODE_CHOICES = (AUTO, *(mode.value for mode in CpuMode))
 
+ChoiceT = TypeVar("ChoiceT", bound=StrEnum)
+
 
 class CpuModeError(ValueError):
     """An unknown CPU mode name."""
 
 
-def parse_cpu_mode(name: str) -> CpuMode | None:
-    """A CpuMode, or None for "auto"; CpuModeError names the choices."""
+def parse_auto_choice(
+    name: str, choices: type[ChoiceT], error: type[ValueError], what: str
+) -> ChoiceT | None:
+    """The member of `choices` named `name`, or None for "auto"; `error` names the choices.
+
+    One parser for the speed settings that take "auto" (CPU mode here, text runtime in onnx_text).
+    """
     if name == AUTO:
         return None
     try:
-        return CpuMode(name)
+        return choices(name)
     except ValueError:
-        raise CpuModeError(f"unknown CPU mode {name!r}: use one of {', '.join(CPU_MODE_CHOICES)}") from None
+        listed = ", ".join((AUTO, *(choice.value for choice in choices)))
+        raise error(f"unknown {what} {name!r}: use one of {listed}") from None
+
+
+def parse_cpu_mode(name: str) -> CpuMode | None:
+    """A CpuMode, or None for "auto"; CpuModeError names the choices."""
+    return parse_auto_choice(name, CpuMode, CpuModeError, "CPU mode")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -72,7 +72,7 @@ class Embedder:
             features=text_features,
             tokenize=embedder.tokenize,
             fingerprint=checkpoint.fingerprint,
-            probe_texts=[*PROBE_TEXTS, *class_prompts(checkpoint)],
+            probe_texts=[*PROBE_TEXTS, *checkpoint_prompts(checkpoint)],
             cache_dir=onnx_cache_dir,
             threads=threads,
         )
@@ -141,7 +141,7 @@ def image_features(model: Any, values: torch.Tensor) -> torch.Tensor:
     return model.get_image_features(pixel_values=values).pooler_output
 
 
-def class_prompts(checkpoint: LoadedCheckpoint, limit: int = 12) -> list[str]:
+def checkpoint_prompts(checkpoint: LoadedCheckpoint, limit: int = 12) -> list[str]:
     """Texts the checkpoint is meant to read: its prompt templates filled with its class names."""
     meta = checkpoint.meta
     prompts = [template.format(name) for name in meta.class_names for template in meta.prompt_templates[:1]]

@@ -3,8 +3,8 @@
 A text query is a handful of tokens, where PyTorch eager spends most of its time
 between kernels: MiniLM-L6 on one core takes 4.4 ms per query in bf16. The same
 tower exported to ONNX and quantised to int8 (dynamic, per-channel weights, VNNI
-kernels) takes 0.7 ms, and 0.5 ms per query in batches of 8 (`bench/encoder.py
---text-runtimes`). On the demo model the int8 text vectors keep zero-shot accuracy
+kernels) takes 0.7 ms, and 0.5 ms per query in batches of 8 (`bench/text_runtime.py`
+measures it through `Embedder`). On the demo model the int8 text vectors keep zero-shot accuracy
 and precision@10 of all 180 evaluation queries exactly as in fp32.
 
 Runtimes:
@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipsearch.acceleration import AUTO, parse_auto_choice
+
 log = logging.getLogger(__name__)
 
 TextBatch = dict[str, torch.Tensor]
@@ -70,8 +72,6 @@ PROBE_TEXTS = (
     "zero",
 )
 
-AUTO = "auto"
-
 
 class TextRuntime(StrEnum):
     TORCH = "torch"
@@ -88,13 +88,7 @@ class TextRuntimeError(ValueError):
 
 def parse_text_runtime(name: str) -> TextRuntime | None:
     """A TextRuntime, or None for "auto"; TextRuntimeError names the choices."""
-    if name == AUTO:
-        return None
-    try:
-        return TextRuntime(name)
-    except ValueError:
-        choices = ", ".join(TEXT_RUNTIME_CHOICES)
-        raise TextRuntimeError(f"unknown text runtime {name!r}: use one of {choices}") from None
+    return parse_auto_choice(name, TextRuntime, TextRuntimeError, "text runtime")
 
 
 def default_cache_dir() -> Path:
@@ -261,10 +255,11 @@ def choose_text_forward(
     runtime = runtime or TextRuntime.ONNX_INT8
     texts = list(dict.fromkeys(probe_texts))
 
+    graph = _UnitTextFeatures(model, features).eval()
+
     @torch.inference_mode()
     def reference(batch: TextBatch) -> np.ndarray:
-        rows = torch.nn.functional.normalize(features(model, batch).float(), dim=-1)
-        return rows.cpu().numpy()
+        return graph(batch["input_ids"], batch["attention_mask"]).cpu().numpy()
 
     try:
         tower, cosine = load_text_tower(
