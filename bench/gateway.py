@@ -40,6 +40,7 @@ from bench.stack import (
     start_encoder,
     start_gateway,
     stop,
+    trained_or_random_checkpoint,
     wait_for,
     wait_for_gateway,
 )
@@ -47,23 +48,12 @@ from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import open_store
 from services.gateway.settings import GatewaySettings
 
-TRAINED = Path("var/checkpoints/mnist-compact")
 QUERIES = [
     f"{template.format(word)}"
     for word in ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     for template in ("a handwritten digit {}.", "the number {}", "{}")
 ]
 P50_TARGET_MS, P99_TARGET_MS = 15.0, 50.0
-
-
-def checkpoint(workdir: Path) -> tuple[str, str]:
-    if (TRAINED / "model.safetensors").is_file():
-        return str(TRAINED), "trained compact model"
-    from training.models import build_compact
-
-    target = workdir / "random-compact"
-    build_compact("mnist-convnext", seed=0).save(target)
-    return str(target), "compact model with random weights (no trained checkpoint found)"
 
 
 async def timed(
@@ -101,7 +91,7 @@ async def run(args: argparse.Namespace) -> int:
     mnist_dir = os.environ.get("MNIST_DIR", "var/data/mnist")
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
         workdir = Path(scratch)
-        model_path, model_kind = checkpoint(workdir)
+        model_path, model_kind = trained_or_random_checkpoint(workdir)
         encoder_port, http_port = free_port(), free_port()
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"

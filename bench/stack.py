@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 COLLECTION = "mnist"
+TRAINED = Path("var/checkpoints/mnist-compact")
 READY_TIMEOUT_S = 180.0
 
 
@@ -25,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def trained_or_random_checkpoint(workdir: Path, trained: Path = TRAINED) -> tuple[str, str]:
+    """The trained demo checkpoint, else the demo architecture with random weights saved in
+    `workdir`: (path, what it is)."""
+    if (trained / "model.safetensors").is_file():
+        return str(trained), "trained compact model"
+    from training.models import build_compact
+
+    target = workdir / "random-compact"
+    build_compact("mnist-convnext", seed=0).save(target)
+    return str(target), "compact model with random weights (no trained checkpoint found)"
 
 
 def start(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from bench.stack import TRAINED, trained_or_random_checkpoint
 from clipsearch.acceleration import AUTO
-from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
+from clipsearch.checkpoint import load_checkpoint
 from clipsearch.embedder import Embedder
 from clipsearch.onnx_text import TextRuntime
 
@@ -37,18 +38,6 @@ QUERIES = [
     "zero please",
 ]
 BATCHES = (1, 8)
-
-
-def checkpoint(path: Path, workdir: Path) -> tuple[LoadedCheckpoint, str]:
-    if (path / "model.safetensors").is_file():
-        return load_checkpoint(path, device="cpu"), str(path)
-    from training.models import build_compact
-
-    target = workdir / "random-compact"
-    build_compact("mnist-convnext", seed=0).save(target)
-    return load_checkpoint(
-        target, device="cpu"
-    ), "mnist-convnext with random vision weights (no checkpoint found)"
 
 
 def ms_per_query(run: Callable[[], object], queries: int, repeats: int) -> float:
@@ -69,13 +58,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, default=Path("var/checkpoints/mnist-compact"))
+    parser.add_argument("--checkpoint", type=Path, default=TRAINED)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (the bench encoders use 1)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-text-runtime-") as scratch:
-        loaded, described = checkpoint(args.checkpoint, Path(scratch))
+        path, described = trained_or_random_checkpoint(Path(scratch), args.checkpoint)
+        loaded = load_checkpoint(path, device="cpu")
         reference = Embedder.from_checkpoint(loaded).embed_texts(QUERIES)
         served_torch = Embedder.from_checkpoint(loaded, cpu_mode=AUTO)
         # The torch path the encoder serves without ONNX (its auto CPU mode) is the baseline.
@@ -92,7 +82,7 @@ def main() -> None:
                 threads=args.threads,
             )
             runs.append((runtime.value, embedder))
-        print(f"model: {described}; {args.threads} thread(s); ms per query, best of {args.repeats}")
+        print(f"model: {path} ({described}); {args.threads} thread(s); ms per query, best of {args.repeats}")
         timings: dict[str, dict[int, float]] = {}
         for name, embedder in runs:
             timings[name] = {
