@@ -84,11 +84,11 @@ class PairData:
         )
 
 
-def label_forms(data: PairData, label: int) -> tuple[list[str], list[str]]:
+def label_forms(class_names: Sequence[str], numerals: bool, label: int) -> tuple[list[str], list[str]]:
     """Singular and plural ways to write a class: ("eight", "8") and ("eights", "8s")."""
-    name = data.class_names[label]
+    name = class_names[label]
     singular, plural = [name], [pluralize(name)]
-    if data.numerals:
+    if numerals:
         singular.append(str(label))
         plural.append(f"{label}s")
     return singular, plural
@@ -105,9 +105,9 @@ def with_articles(text: str) -> str:
     return re.sub(r"\b([aA]) (?=[aeiu8]|o(?!ne))", r"\1n ", text)
 
 
-def all_captions(data: PairData, label: int) -> list[str]:
-    """Every templated caption of a class (evaluation and caching use the full set)."""
-    singular, plural = label_forms(data, label)
+def all_captions(class_names: Sequence[str], numerals: bool, label: int) -> list[str]:
+    """Every templated caption of a class (evaluation, caching and distillation use the full set)."""
+    singular, plural = label_forms(class_names, numerals, label)
     captions = [t.format(s) for t in SINGULAR_TEMPLATES for s in singular]
     captions += [t.format(p=p) for t in PLURAL_TEMPLATES for p in plural]
     return [with_articles(caption) for caption in captions]
@@ -118,7 +118,7 @@ def sample_captions(data: PairData, indices: torch.Tensor, generator: torch.Gene
     if data.captions is not None:
         return [data.captions[int(i)] for i in indices]
     assert data.labels is not None
-    options = [all_captions(data, label) for label in range(len(data.class_names))]
+    options = [all_captions(data.class_names, data.numerals, label) for label in range(len(data.class_names))]
     picks = torch.randint(0, 1 << 30, (len(indices),), generator=generator)
     return [
         options[int(label)][int(pick) % len(options[int(label)])]

@@ -28,24 +28,14 @@ from clipsearch.embedder import Embedder
 from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
-from training.data import PairData, all_captions, label_forms, load_pairs, with_articles
+from training.data import PairData, all_captions, load_pairs
 from training.metrics import class_prototypes, precision_at_k, recall_at_k, top_k, zero_shot_accuracy
+from training.queries import query_set
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 EMBED_CHUNK = 1024
-# Query phrasings for precision@10. "{}" is a singular form (word or numeral), "{p}" a plural one.
-# The free-form ones are deliberately not among the training templates (training/data.py).
-TEMPLATE_QUERIES = ["a handwritten digit {}", "the number {}", "{}"]
-FREE_FORM_QUERIES = [
-    "show me {p}",
-    "a scribbled {}",
-    "{p} please",
-    "a sloppy {}",
-    "i want to see a {}",
-    "something that looks like a {}",
-]
 
 
 @dataclass
@@ -57,20 +47,6 @@ class Evaluated:
     image_embeddings: np.ndarray
     prototypes: np.ndarray | None
     embedder: Embedder
-
-
-def query_set(data: PairData) -> list[tuple[str, int, str]]:
-    """(query, label, kind) for every class: templated and free-form phrasings, words and numerals."""
-    queries = []
-    for label in range(len(data.class_names)):
-        singular, plural = label_forms(data, label)
-        for kind, templates in (("template", TEMPLATE_QUERIES), ("free-form", FREE_FORM_QUERIES)):
-            for template in templates:
-                forms = plural if "{p}" in template else singular
-                for form in forms:
-                    text = template.format(p=form) if "{p}" in template else template.format(form)
-                    queries.append((with_articles(text), label, kind))
-    return queries
 
 
 def embed_images(embedder: Embedder, pixels: torch.Tensor) -> np.ndarray:
@@ -100,13 +76,17 @@ def evaluate_checkpoint(
         )
         metrics["zero_shot_accuracy"] = zero_shot_accuracy(images, labels, prototypes)
         metrics["zero_shot_prompts"] = checkpoint.meta.prompt_templates
-        captions = [(c, label) for label in range(len(data.class_names)) for c in all_captions(data, label)]
+        captions = [
+            (c, label)
+            for label in range(len(data.class_names))
+            for c in all_captions(data.class_names, data.numerals, label)
+        ]
         texts = embedder.embed_texts([c for c, _ in captions])
         text_keys = np.array([label for _, label in captions])
         metrics["text_to_image"] = recall_at_k(texts, images, text_keys, labels, KS)
         metrics["image_to_text"] = recall_at_k(images, texts, labels, text_keys, KS)
         metrics["retrieval_relevance"] = "same label"
-        queries = query_set(data)
+        queries = query_set(data.class_names, data.numerals)
         query_embeddings = embedder.embed_texts([q for q, _, _ in queries])
         query_labels = np.array([label for _, label, _ in queries])
         precision = precision_at_k(query_embeddings, images, query_labels, labels, 10)
@@ -168,7 +148,7 @@ def draw(out: Path, runs: list[Evaluated], data: PairData, processor: Any) -> li
         rows = [f"image of {data.class_names[labels[i]]}" for i in samples]
         plots.similarity_heatmap(out / "similarity_heatmap.png", heat, rows, data.class_names)
         files.append("similarity_heatmap.png")
-        free_form = [q for q in query_set(data) if q[2] == "free-form"]
+        free_form = [q for q in query_set(data.class_names, data.numerals) if q[2] == "free-form"]
         # One free-form query per class (up to 10 rows), cycling through the phrasings.
         chosen = []
         for label in range(min(len(data.class_names), 10)):

@@ -88,7 +88,7 @@ def test_corrupt_image_in_class_folder_is_skipped_by_path(class_folder: Path) ->
 
 def test_captions_come_from_templates_with_words_and_numerals(mnist_idx_dir: Path) -> None:
     data = load_pairs(DataConfig(mnist_dir=mnist_idx_dir), PROCESSOR, "train")
-    eight = all_captions(data, 8)
+    eight = all_captions(data.class_names, data.numerals, 8)
     assert {"a handwritten digit eight", "the number 8", "8", "eights", "8s", "an eight"} <= set(eight)
     assert len(eight) == 2 * (len(SINGULAR_TEMPLATES) + len(PLURAL_TEMPLATES))
     indices = torch.arange(20)
@@ -98,7 +98,8 @@ def test_captions_come_from_templates_with_words_and_numerals(mnist_idx_dir: Pat
     labels = data.labels
     assert labels is not None
     assert all(
-        caption in all_captions(data, int(labels[i])) for i, caption in zip(indices, first, strict=True)
+        caption in all_captions(data.class_names, data.numerals, int(labels[i]))
+        for i, caption in zip(indices, first, strict=True)
     )
 
 
