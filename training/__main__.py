@@ -1,4 +1,5 @@
-"""`python -m training train ...`: train or fine-tune a CLIP model (see `--help`)."""
+"""`python -m training train|distill-text ...`: train or fine-tune a CLIP model, or distil its text
+tower into a shallower, faster one (see `--help`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clipsearch.checkpoint import CheckpointError
 from clipsearch.datasets import DatasetError
 from training.config import ConfigError, FreezeMode, load_config
+from training.distill import DistillConfig, DistillError, distill_checkpoint
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,6 +57,21 @@ def parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", default=None, help="continue from the last epoch saved"
     )
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+    distill = commands.add_parser(
+        "distill-text", help="distil a checkpoint's text tower into fewer layers (faster text queries)"
+    )
+    distill.add_argument("checkpoint", help="the teacher checkpoint directory (or hub id)")
+    distill.add_argument("--output", type=Path, required=True, help="checkpoint directory to write")
+    distill.add_argument("--layers", type=int, help="text layers to keep (default: half, rounded up)")
+    distill.add_argument("--steps", type=int, default=DistillConfig.steps)
+    distill.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
+    distill.add_argument("--lr", type=float, default=DistillConfig.lr)
+    distill.add_argument("--seed", type=int, default=DistillConfig.seed)
+    distill.add_argument("--corpus", type=Path, help="extra text to distil on, one sentence per line")
+    distill.add_argument("--device", help="auto, cpu, cuda ...")
+    distill.add_argument("--threads", type=int, help="torch CPU threads")
+    distill.add_argument("--no-progress", dest="progress", action="store_false")
     return root
 
 
@@ -95,6 +114,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "distill-text":
+        return distill(args)
     from training.train import train
 
     try:
@@ -107,6 +128,36 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {result.output}: {progress.epoch} epochs, best {progress.best_metric} at epoch "
         f"{progress.best_epoch}, {progress.train_seconds:.0f} s training, {result.samples_per_second:.0f} samples/s"
+    )
+    return 0
+
+
+def distill(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = DistillConfig(
+        layers=args.layers,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        corpus=args.corpus,
+        progress=args.progress,
+    )
+    try:
+        result = distill_checkpoint(args.checkpoint, args.output, config, args.device)
+    except (DistillError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fit = f"cosine with the teacher on generated text {result.cosine_generated_mean:.4f}"
+    if result.cosine_free_form_mean is not None:
+        fit += (
+            f", on the free-form queries mean {result.cosine_free_form_mean:.4f}"
+            f" min {result.cosine_free_form_min:.4f}"
+        )
+    print(
+        f"wrote {result.output}: text layers {result.kept_layers} of {result.teacher_layers}, "
+        f"{result.steps} steps in {result.seconds:.0f} s; {fit}"
     )
     return 0
 
