@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 
 COLLECTION = "mnist"
-TRAINED = Path("var/checkpoints/mnist-compact")
+# The demo's served model (scripts/demo.py): the compact model with its text tower distilled.
+TRAINED = Path("var/checkpoints/mnist-compact-distilled")
 READY_TIMEOUT_S = 180.0
 
 

@@ -17,8 +17,9 @@ MIB = 1024 * 1024
 class EncoderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
 
-    # A checkpoint directory (save_pretrained layout) or a Hugging Face hub id.
-    checkpoint: str = "var/checkpoints/mnist-compact"
+    # A checkpoint directory (save_pretrained layout) or a Hugging Face hub id; the default is the
+    # demo's model (scripts/demo.py): the compact MNIST model with its text tower distilled.
+    checkpoint: str = "var/checkpoints/mnist-compact-distilled"
     host: str = "0.0.0.0"
     # 0 binds any free port (tests); the bound port is reported by the server.
     port: int = Field(default=50051, ge=0, le=65535)

@@ -76,7 +76,7 @@ class Stack:
 @pytest.fixture
 def stack(docker_client: Any, tmp_path: Path, tiny_checkpoint: Path, mnist_dir: Path) -> Iterator[Stack]:
     checkpoints = tmp_path / "checkpoints"
-    shutil.copytree(tiny_checkpoint, checkpoints / "mnist-compact")
+    shutil.copytree(tiny_checkpoint, checkpoints / "mnist-compact-distilled")
     for path in [checkpoints, *checkpoints.rglob("*")]:  # readable by the image's non-root user
         path.chmod(0o755 if path.is_dir() else 0o644)
     gateway_port = free_port()

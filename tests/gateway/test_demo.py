@@ -74,3 +74,23 @@ def test_demo_serves_search_and_stops_everything_on_sigterm(
     assert (tmp_path / "var" / "media").is_dir()
     with pytest.raises(urllib.error.URLError, match="refused"):  # the gateway is gone with the demo
         urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2)
+
+
+def test_demo_distils_a_trained_compact_model_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts import demo
+    from training.models import build_compact
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.delenv("CHECKPOINT", raising=False)
+    monkeypatch.setattr(demo, "DISTILL_STEPS", "2")
+    build_compact("tiny-convnext", seed=0).save(tmp_path / demo.TRAINED_CHECKPOINT)
+
+    served = demo.ensure_checkpoint(tmp_path)
+    assert served == str(demo.DEFAULT_CHECKPOINT)
+    config = json.loads((tmp_path / served / "config.json").read_text())
+    assert config["text_config"]["num_hidden_layers"] == int(demo.DISTILLED_TEXT_LAYERS)
+    assert demo.ensure_checkpoint(tmp_path) == served  # the second run reuses it
+    assert "already trained" in capsys.readouterr().out.splitlines()[-1]
