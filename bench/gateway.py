@@ -1,6 +1,6 @@
 """Text-query latency through the gateway's HTTP API vs calling the encoder and store directly.
 
-    python -m bench.gateway [--requests 2000] [--clients 8] [--limit 10000]
+    python -m bench.gateway [--checkpoint DIR] [--requests 2000] [--clients 8] [--limit 10000]
 
 Uses var/checkpoints/mnist-compact when it exists (else a compact model with random
 vision weights), indexes the MNIST test set ($MNIST_DIR, else var/data/mnist) into a
@@ -35,6 +35,7 @@ import numpy as np
 from bench.http_load import KeepAliveConnection
 from bench.stack import (
     COLLECTION,
+    TRAINED,
     free_port,
     index_mnist,
     start_encoder,
@@ -91,7 +92,7 @@ async def run(args: argparse.Namespace) -> int:
     mnist_dir = os.environ.get("MNIST_DIR", "var/data/mnist")
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
         workdir = Path(scratch)
-        model_path, model_kind = trained_or_random_checkpoint(workdir)
+        model_path, model_kind = trained_or_random_checkpoint(workdir, args.checkpoint)
         encoder_port, http_port = free_port(), free_port()
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"
@@ -195,6 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--checkpoint", type=Path, default=TRAINED, help="the model to serve")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="index only the first N test images")

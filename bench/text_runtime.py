@@ -6,13 +6,16 @@ Embeds short search queries through `Embedder.embed_texts`, one at a time and in
 batches of 8 (what the encoder's batcher forms under load), with each runtime on
 `--threads` intra-op threads, and prints ms per query, the speed-up over the torch
 path the encoder would otherwise serve (its `auto` CPU mode), and the smallest
-cosine with torch fp32. Quality on MNIST: `python -m training.evaluate CHECKPOINT
---text-runtime onnx-int8`.
+cosine with torch fp32. For a distilled checkpoint (training/distill.py) whose
+teacher is on disk, the teacher is timed in the same run too, and the speed-up
+of the distilled tower over it printed. Quality on MNIST: `python -m
+training.evaluate CHECKPOINT --text-runtime onnx-int8`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from clipsearch.acceleration import AUTO
 from clipsearch.checkpoint import load_checkpoint
 from clipsearch.embedder import Embedder
 from clipsearch.onnx_text import TextRuntime
+from training.distill import DISTILLATION_FILE
 
 QUERIES = [
     "a handwritten digit seven.",
@@ -99,6 +103,40 @@ def main() -> None:
             cosine = float((embedder.embed_texts(QUERIES) * reference).sum(axis=1).min())
             print(f"{name:12s}  {cells}  {cosine:.4f}")
         print(f"speed-ups are against {baseline_name}, what the encoder runs with ENCODER_TEXT_RUNTIME=torch")
+        teacher = distilled_from(Path(path))
+        if teacher is not None:
+            compare_with_teacher(teacher, timings, baseline_name, Path(scratch), args)
+
+
+def distilled_from(checkpoint: Path) -> Path | None:
+    """The teacher of a distilled checkpoint, where its record names one that is on disk."""
+    record = checkpoint / DISTILLATION_FILE
+    if not record.is_file():
+        return None
+    teacher = Path(json.loads(record.read_text())["teacher"])
+    return teacher if (teacher / "config.json").is_file() else None
+
+
+def compare_with_teacher(
+    teacher: Path,
+    timings: dict[str, dict[int, float]],
+    torch_name: str,
+    scratch: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Time the teacher's text tower as the encoder would serve it, against the distilled one's."""
+    loaded = load_checkpoint(teacher, device="cpu")
+    served = Embedder.from_checkpoint(
+        loaded, cpu_mode=AUTO, text_runtime=AUTO, onnx_cache_dir=scratch, threads=args.threads
+    )
+    runtime = served.text_runtime.value if served.text_runtime is not TextRuntime.TORCH else torch_name
+    print(
+        f"teacher {teacher} as the encoder serves it ({runtime}), against the distilled tower in {runtime}:"
+    )
+    for batch in BATCHES:
+        before = ms_per_query(partial(served.embed_texts, QUERIES[:batch]), batch, args.repeats)
+        after = timings[runtime][batch]
+        print(f"  batch {batch}: teacher {before:5.2f} ms, distilled {after:5.2f} ms: {before / after:4.2f}x")
 
 
 if __name__ == "__main__":
