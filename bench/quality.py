@@ -1,6 +1,6 @@
 """Search quality through the public HTTP API: typed digits and hand-drawn digits on MNIST.
 
-    python -m bench.quality [--checkpoint var/checkpoints/mnist-compact] [--mnist-dir DIR] [--limit N]
+    python -m bench.quality [--checkpoint var/checkpoints/mnist-compact-distilled] [--mnist-dir DIR] [--limit N]
 
 Starts the real stack on loopback (encoder on the checkpoint, the indexer into a
 temporary embedded store with the MNIST test split, the gateway), then asks:
@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 
 from bench.sketches import Sketch, sketch_set
 from bench.stack import (
+    TRAINED,
     free_port,
     index_mnist,
     start_encoder,
@@ -51,7 +52,6 @@ from clipsearch.checkpoint import CheckpointMeta
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.preprocess import decode_sketch
 
-DEFAULT_CHECKPOINT = Path("var/checkpoints/mnist-compact")
 K = 10
 TEXT_TARGET, SKETCH_TARGET = 0.99, 0.90
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -283,7 +283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--checkpoint", default=str(TRAINED))
     parser.add_argument("--mnist-dir", default=os.environ.get("MNIST_DIR", "var/data/mnist"))
     parser.add_argument("--limit", type=int, default=None, help="index only the first N test images")
     parser.add_argument("--variants", type=int, default=12, help="sketches per digit")

@@ -1,6 +1,6 @@
 """Text-query embedding on a CPU: torch against the ONNX Runtime text towers (clipsearch.onnx_text).
 
-    python -m bench.text_runtime [--checkpoint var/checkpoints/mnist-compact] [--threads 1] [--repeats 5]
+    python -m bench.text_runtime [--checkpoint var/checkpoints/mnist-compact-distilled] [--threads 1] [--repeats 5]
 
 Embeds short search queries through `Embedder.embed_texts`, one at a time and in
 batches of 8 (what the encoder's batcher forms under load), with each runtime on
