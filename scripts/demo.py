@@ -219,9 +219,15 @@ def main() -> int:
     processes = Processes()
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # Only the first signal interrupts: a second one (Ctrl-C pressed twice, or a supervisor and
+        # its timeout both signalling) would otherwise break into the stopping itself, with a
+        # traceback and children left running. stop_all kills what does not stop in time.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         mnist_dir = ensure_mnist()
         checkpoint = ensure_checkpoint(mnist_dir)
