@@ -190,6 +190,14 @@ def test_one_shot_jobs_do_not_restart(config: dict[str, Any]) -> None:
     }
 
 
+def test_the_trainer_writes_the_checkpoint_the_encoder_serves(config: dict[str, Any]) -> None:
+    services = _services(config)
+    served = services["encoder"]["environment"]["ENCODER_CHECKPOINT"]
+    script = " ".join(services["trainer"]["command"])
+    assert f"--output {served}" in script, (served, script)
+    assert f"[ -f {served}/config.json ]" in script, "a second start must not distil again"
+
+
 def test_volumes_are_declared_and_under_the_state_dir(config: dict[str, Any]) -> None:
     declared = set(config.get("volumes") or {})
     used = set()
