@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
+from clipsearch.affinity import parse_cpus
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
@@ -53,6 +54,9 @@ class EncoderSettings(BaseSettings):
     # (health and reflection stay open for probes and grpcurl).
     api_key: SecretStr | None = None
     torch_threads: int | None = Field(default=None, ge=1)
+    # CPUs to run on ("0", "0-3", "0,2"); unset: all. A core of its own keeps the gateway and the
+    # clients from piling onto the encoder's (clipsearch/affinity.py); the demo sets it.
+    cpus: str | None = None
     # How long in-flight calls may run after SIGTERM before they are cancelled.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
@@ -68,6 +72,13 @@ class EncoderSettings(BaseSettings):
     def _known_text_runtime(cls, value: str) -> str:
         parse_text_runtime(value)  # TextRuntimeError (a ValueError) lists the choices
         return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value:
+            parse_cpus(value)  # CpuSpecError (a ValueError) says what a CPU list looks like
+        return value or None
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
+from clipsearch.affinity import CpuSpecError, pin_process
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import GrpcGateway
@@ -35,10 +38,22 @@ async def serve(settings: GatewaySettings) -> None:
         await core.close()
 
 
-def main() -> None:
+def main() -> int:
+    try:
+        settings = GatewaySettings()
+    except ValidationError as exc:
+        print(f"gateway: invalid GATEWAY_* settings:\n{exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(GatewaySettings()))
+    try:
+        if settings.cpus:
+            log.info("running on CPUs %s", sorted(pin_process(settings.cpus)))
+    except CpuSpecError as exc:
+        print(f"gateway: GATEWAY_CPUS: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

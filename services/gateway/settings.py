@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clipsearch.affinity import parse_cpus
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
@@ -23,6 +25,8 @@ class GatewaySettings(BaseSettings):
     media_dir: str = "var/media"
 
     host: str = "127.0.0.1"
+    # CPUs to run on ("1", "2-3"); unset: all. See clipsearch/affinity.py; the demo sets it.
+    cpus: str | None = None
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50052, ge=0, le=65535)
 
@@ -48,8 +52,15 @@ class GatewaySettings(BaseSettings):
     encoder_calls_in_flight: int = Field(default=2, ge=0)
     encoder_texts_per_call: int = Field(default=32, ge=1)
 
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value:
+            parse_cpus(value)  # CpuSpecError (a ValueError) says what a CPU list looks like
+        return value or None
+
     @field_validator(
-        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"
+        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", "cpus", mode="before"
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
