@@ -11,6 +11,9 @@ queries and concurrency, in the same run:
   http:   POST /api/v1/search/text on the gateway (uvicorn, its own process), sent by a lean
           keep-alive client (bench/http_load.py) so the load generator takes little of the CPU.
 
+The encoder and the gateway run on cores of their own, as the demo starts them
+(clipsearch/affinity.py); `--no-pin` lets them run anywhere.
+
 Target: http p50 <= 15 ms and p99 <= 50 ms with 8 concurrent clients.
 """
 
@@ -45,6 +48,7 @@ from bench.stack import (
     wait_for,
     wait_for_gateway,
 )
+from clipsearch.affinity import split_for_services
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import open_store
 from services.gateway.settings import GatewaySettings
@@ -97,7 +101,12 @@ async def run(args: argparse.Namespace) -> int:
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"
         print(f"model: {model_path} ({model_kind})")
-        encoder = start_encoder(model_path, encoder_port, args.encoder_threads, workdir / "encoder.log")
+        # As the demo deploys them: the encoder and the gateway on cores of their own.
+        encoder_cpus, gateway_cpus = (split_for_services() or (None, None)) if args.pin else (None, None)
+        print(f"CPUs: encoder {encoder_cpus or 'any'}, gateway {gateway_cpus or 'any'}, clients any")
+        encoder = start_encoder(
+            model_path, encoder_port, args.encoder_threads, workdir / "encoder.log", encoder_cpus
+        )
         gateway: subprocess.Popen[bytes] | None = None
         results: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
         try:
@@ -133,6 +142,7 @@ async def run(args: argparse.Namespace) -> int:
                     http_port,
                     workdir / "gateway.log",
                     {"GATEWAY_QUERY_CACHE_SIZE": cache_size},
+                    gateway_cpus,
                 )
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
                     await wait_for_gateway(http, gateway, workdir / "gateway.log")
@@ -203,6 +213,12 @@ def main() -> int:
     # One intra-op thread: on a small shared machine, OpenMP threads spinning against the gateway
     # and the clients make single-query latency many times worse.
     parser.add_argument("--encoder-threads", type=int, default=1, help="torch threads in the encoder")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the encoder and the gateway run on any CPU (the demo gives each its own cores)",
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

@@ -72,7 +72,9 @@ async def wait_for(
         await asyncio.sleep(0.3)
 
 
-def start_encoder(checkpoint: str, port: int, torch_threads: int, log: Path) -> subprocess.Popen[bytes]:
+def start_encoder(
+    checkpoint: str, port: int, torch_threads: int, log: Path, cpus: str | None = None
+) -> subprocess.Popen[bytes]:
     return start(
         "services.encoder",
         {
@@ -81,6 +83,7 @@ def start_encoder(checkpoint: str, port: int, torch_threads: int, log: Path) -> 
             "ENCODER_PORT": str(port),
             "ENCODER_METRICS_PORT": "0",
             "ENCODER_TORCH_THREADS": str(torch_threads),
+            **({"ENCODER_CPUS": cpus} if cpus else {}),
         },
         log,
     )
@@ -125,10 +128,12 @@ def start_gateway(
     http_port: int,
     log: Path,
     extra_env: Mapping[str, str] | None = None,
+    cpus: str | None = None,
 ) -> subprocess.Popen[bytes]:
     return start(
         "services.gateway",
         {
+            **({"GATEWAY_CPUS": cpus} if cpus else {}),
             "GATEWAY_ENCODER": encoder_target,
             "GATEWAY_STORE_PATH": str(store_path),
             "GATEWAY_MEDIA_DIR": str(media_dir),
