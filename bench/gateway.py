@@ -11,8 +11,7 @@ queries and concurrency, in the same run:
   http:   POST /api/v1/search/text on the gateway (uvicorn, its own process), sent by a lean
           keep-alive client (bench/http_load.py) so the load generator takes little of the CPU.
 
-The encoder and the gateway run on cores of their own, as the demo starts them
-(clipsearch/affinity.py); `--no-pin` lets them run anywhere.
+`--pin` runs the encoder and the gateway on cores of their own (clipsearch/affinity.py).
 
 Target: http p50 <= 15 ms and p99 <= 50 ms with 8 concurrent clients.
 """
@@ -101,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"
         print(f"model: {model_path} ({model_kind})")
-        # As the demo deploys them: the encoder and the gateway on cores of their own.
+        # --pin: the encoder and the gateway on cores of their own (clipsearch/affinity.py).
         encoder_cpus, gateway_cpus = (split_for_services() or (None, None)) if args.pin else (None, None)
         print(f"CPUs: encoder {encoder_cpus or 'any'}, gateway {gateway_cpus or 'any'}, clients any")
         encoder = start_encoder(
@@ -214,10 +213,9 @@ def main() -> int:
     # and the clients make single-query latency many times worse.
     parser.add_argument("--encoder-threads", type=int, default=1, help="torch threads in the encoder")
     parser.add_argument(
-        "--no-pin",
-        dest="pin",
-        action="store_false",
-        help="let the encoder and the gateway run on any CPU (the demo gives each its own cores)",
+        "--pin",
+        action="store_true",
+        help="run the encoder and the gateway on half the CPUs each (ENCODER_CPUS, GATEWAY_CPUS)",
     )
     return asyncio.run(run(parser.parse_args()))
 

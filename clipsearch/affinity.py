@@ -1,12 +1,11 @@
-"""CPU pinning for the services: on a small machine, the encoder and the gateway on cores of their own.
+"""CPU pinning for the services (`ENCODER_CPUS`, `GATEWAY_CPUS`; `cpuset` does it in Docker Compose).
 
 Local request/response traffic makes Linux wake each process on the CPU of the
-process that woke it, so the encoder, the gateway and their clients pile onto
-one core while the other idles: measured on the 2-core development machine at 8
-concurrent text queries, one CPU was 25% idle and the other 60%. With the encoder
-on one core and the gateway on the other, the gateway's p50 fell from 11.2-11.6 ms
-to 8.7-9.6 ms in interleaved runs, and each request took less CPU. Settings:
-`ENCODER_CPUS`, `GATEWAY_CPUS` (`cpuset` does the same in Docker Compose).
+process that woke it, so the encoder, the gateway and their clients can pile onto
+one core while another idles: measured on the 2-core development machine at 8
+concurrent text queries, one CPU was 25% idle and the other 60%. Pinning each
+service to cores of its own undoes that; whether it pays depends on the host.
+On this 2-core VM it measured mixed (README, "Settings"), so nothing pins by default.
 """
 
 from __future__ import annotations

@@ -13,9 +13,6 @@ Non-interactive and repeatable; each step is skipped when its result exists:
    store var/qdrant; it reuses a complete index built with the same model.
 5. Gateway (`python -m services.gateway`), waited for until ready; prints the URL.
 
-With two CPUs or more, the encoder and the gateway each get half of them
-(ENCODER_CPUS, GATEWAY_CPUS, unless set): see clipsearch/affinity.py.
-
 Ports and limits: DEMO_HTTP_PORT (8080), DEMO_GRPC_PORT (50052), DEMO_ENCODER_PORT
 (50051), DEMO_HOST (127.0.0.1), DEMO_INDEX_LIMIT (index only the first N images).
 
@@ -37,7 +34,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from clipsearch.affinity import split_for_services
 from clipsearch.datasets import DatasetError, load_mnist
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import open_store
@@ -60,8 +56,6 @@ DISTILL_STEPS = os.environ.get("DEMO_DISTILL_STEPS", "500")
 # Index only the first N test images (smoke runs); unset: all 10,000.
 INDEX_LIMIT = os.environ.get("DEMO_INDEX_LIMIT")
 STARTUP_TIMEOUT_S = 300.0
-# The encoder and the gateway on cores of their own (clipsearch/affinity.py), unless set already.
-SERVICE_CPUS = split_for_services()
 
 
 class DemoError(RuntimeError):
@@ -102,13 +96,6 @@ class Processes:
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
-
-
-def own_cores(variable: str, service: int) -> dict[str, str]:
-    """`variable` set to the CPUs of service 0 (encoder) or 1 (gateway), where it is not set yet."""
-    if SERVICE_CPUS is None or os.environ.get(variable):
-        return {}
-    return {variable: SERVICE_CPUS[service]}
 
 
 def run_step(name: str, module: str, env: Mapping[str, str], *args: str) -> None:
@@ -253,7 +240,6 @@ def main() -> int:
                 "ENCODER_HOST": "127.0.0.1",
                 "ENCODER_PORT": str(ENCODER_PORT),
                 "ENCODER_METRICS_PORT": "0",
-                **own_cores("ENCODER_CPUS", 0),
             },
         )
         wait_until("the encoder", lambda: asyncio.run(_encoder_serving(encoder_target)), processes)
@@ -284,7 +270,6 @@ def main() -> int:
                 "GATEWAY_HOST": HOST,
                 "GATEWAY_HTTP_PORT": str(HTTP_PORT),
                 "GATEWAY_GRPC_PORT": str(GRPC_PORT),
-                **own_cores("GATEWAY_CPUS", 1),
             },
         )
         base = f"http://{'localhost' if HOST in ('127.0.0.1', '0.0.0.0') else HOST}:{HTTP_PORT}"
