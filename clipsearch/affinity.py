@@ -42,8 +42,8 @@ def available_cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
-def pin_process(spec: str) -> set[int]:
-    """Run every thread of this process, and those it starts later, on the CPUs of `spec`."""
+def usable_cpus(spec: str) -> set[int]:
+    """The CPUs of `spec`, checked to be ones this process may be pinned to here."""
     cpus = parse_cpus(spec)
     allowed = available_cpus()
     if not cpus <= allowed:
@@ -52,6 +52,19 @@ def pin_process(spec: str) -> set[int]:
         raise CpuSpecError(f"CPU list {spec!r}: CPU {missing} is not available here (usable: {usable})")
     if not hasattr(os, "sched_setaffinity"):
         raise CpuSpecError("pinning to CPUs needs Linux (sched_setaffinity)")
+    return cpus
+
+
+def cpu_setting(value: str | None) -> str | None:
+    """A service's `*_CPUS` setting, validated where the service runs: empty means unset."""
+    if value:
+        usable_cpus(value)  # CpuSpecError, a ValueError, becomes the settings' validation error
+    return value or None
+
+
+def pin_process(spec: str) -> set[int]:
+    """Run every thread of this process, and those it starts later, on the CPUs of `spec`."""
+    cpus = usable_cpus(spec)
     # Affinity is per thread; threads that libraries started at import keep theirs unless set too.
     for task in os.listdir("/proc/self/task"):
         with contextlib.suppress(ProcessLookupError):  # the thread has ended meanwhile

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
-from clipsearch.affinity import parse_cpus
+from clipsearch.affinity import cpu_setting
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
@@ -76,9 +76,7 @@ class EncoderSettings(BaseSettings):
     @field_validator("cpus")
     @classmethod
     def _cpu_list(cls, value: str | None) -> str | None:
-        if value:
-            parse_cpus(value)  # CpuSpecError (a ValueError) says what a CPU list looks like
-        return value or None
+        return cpu_setting(value)
 
     @field_validator("api_key", mode="before")
     @classmethod

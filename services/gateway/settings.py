@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clipsearch.affinity import parse_cpus
+from clipsearch.affinity import cpu_setting
 
 
 class GatewaySettings(BaseSettings):
@@ -55,12 +55,10 @@ class GatewaySettings(BaseSettings):
     @field_validator("cpus")
     @classmethod
     def _cpu_list(cls, value: str | None) -> str | None:
-        if value:
-            parse_cpus(value)  # CpuSpecError (a ValueError) says what a CPU list looks like
-        return value or None
+        return cpu_setting(value)
 
     @field_validator(
-        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", "cpus", mode="before"
+        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
