@@ -196,8 +196,9 @@ def distill_text(teacher_checkpoint: LoadedCheckpoint, output: Path, config: Dis
     )
     meta = teacher_checkpoint.meta
     extra = _read_corpus(config.corpus) if config.corpus else []
-    corpus = Corpus(meta.class_names, vocabulary_words(teacher_checkpoint.tokenizer), extra, config.seed)
-    probe = Corpus(meta.class_names, vocabulary_words(teacher_checkpoint.tokenizer), extra, config.seed + 1)
+    words = vocabulary_words(teacher_checkpoint.tokenizer)
+    corpus = Corpus(meta.class_names, words, extra, config.seed)
+    probe = Corpus(meta.class_names, words, extra, config.seed + 1)
     generated_probe = probe.batch(PROBE_SIZE)
     queries = query_set(meta.class_names, writes_numerals(meta.class_names))
     free_form = [query for query, _, kind in queries if kind == "free-form"]
