@@ -2,10 +2,10 @@
 
     python -m bench.gateway [--checkpoint DIR] [--requests 2000] [--clients 8] [--limit 10000]
 
-Uses var/checkpoints/mnist-compact when it exists (else a compact model with random
-vision weights), indexes the MNIST test set ($MNIST_DIR, else var/data/mnist) into a
-temporary embedded store with the real indexer, then measures, with the same
-queries and concurrency, in the same run:
+Serves --checkpoint (default: the demo's var/checkpoints/mnist-compact-distilled; when
+it does not exist, a compact model with random weights), indexes the MNIST test set
+($MNIST_DIR, else var/data/mnist) into a temporary embedded store with the real
+indexer, then measures, with the same queries and concurrency, in the same run:
 
   direct: EncoderClient.embed_texts + store.search from this process (the floor);
   http:   POST /api/v1/search/text on the gateway (uvicorn, its own process), sent by a lean
