@@ -55,7 +55,7 @@ class EncoderSettings(BaseSettings):
     api_key: SecretStr | None = None
     torch_threads: int | None = Field(default=None, ge=1)
     # CPUs to run on ("0", "0-3", "0,2"); unset: all. A core of its own keeps the gateway and the
-    # clients from piling onto the encoder's (clipsearch/affinity.py); the demo sets it.
+    # clients from piling onto the encoder's (clipsearch/affinity.py, off by default).
     cpus: str | None = None
     # How long in-flight calls may run after SIGTERM before they are cancelled.
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -25,7 +25,7 @@ class GatewaySettings(BaseSettings):
     media_dir: str = "var/media"
 
     host: str = "127.0.0.1"
-    # CPUs to run on ("1", "2-3"); unset: all. See clipsearch/affinity.py; the demo sets it.
+    # CPUs to run on ("1", "2-3"); unset: all. See clipsearch/affinity.py (off by default).
     cpus: str | None = None
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50052, ge=0, le=65535)
