@@ -13,12 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
-from services.gateway.errors import GatewayError
+from services.gateway.errors import GatewayError, status_of
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.schemas import request_error
 from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 
@@ -59,6 +61,7 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
     app.include_router(probes)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _validation_error)  # type: ignore[arg-type]
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -82,19 +85,12 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """One readable sentence instead of FastAPI's list of error objects."""
-    problems = []
-    for error in exc.errors():
-        location = list(error.get("loc", ()))
-        if location and location[0] in ("body", "query", "path", "header", "cookie"):
-            location = location[1:]  # where the field came from, not part of its name
-        where = ".".join(str(part) for part in location)
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+async def _validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
+    """A request model refused the request: while FastAPI read it, or when a route built one."""
+    return await _gateway_error(request, request_error(exc.errors()))
 
 
 class GuardMiddleware:
