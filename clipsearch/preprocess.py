@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -185,6 +185,77 @@ def decode_sketch(
 ) -> Image.Image:
     """Sketch bytes (a canvas PNG, transparent or on white) to a model-domain RGB image."""
     return normalize_sketch(decode_image(data, max_pixels=max_pixels), mode)
+
+
+# Domain tests: does a decoded picture already look like the images a normalisation produces (the
+# model's own images)? One test per normalisation, beside it; a new domain adds its entry to
+# DOMAIN_TESTS. Image queries (to_model_domain) get the normalisation only when the test says no.
+DomainTest = Callable[[Image.Image], bool]
+
+# An MNIST image: grey, white ink on a black background that fills the border, the ink's box
+# 20 px of 28 on its longer side and centred by mass. The bounds hold for every MNIST test image
+# but a handful (bench/domain.py measures it); a digit on paper, a photo, a colour picture or a
+# digit filling its frame fails one of them.
+_MNIST_MAX_CHROMA = 12.0  # mean max-min over R, G, B: a grey picture
+_MNIST_BORDER_DARK = 0.97  # share of the outer ring (1/14 of the side) darker than 64
+_MNIST_BOX_RANGE = (0.3, 0.95)  # longer side of the ink's box over the image's side
+_MNIST_CENTRE_OFF = 0.15  # centre of mass at most this far from the centre, over the side
+_MNIST_MAX_ASPECT = 1.25
+
+
+def looks_like_mnist(image: Image.Image) -> bool:
+    """True when `image` (decoded RGB) already looks like an MNIST digit, at any resolution."""
+    width, height = image.size
+    if max(width, height) > _MNIST_MAX_ASPECT * min(width, height):
+        return False
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    if float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > _MNIST_MAX_CHROMA:
+        return False
+    gray = rgb.mean(axis=2)
+    ring = max(1, round(min(width, height) / 14))
+    border = np.concatenate(
+        [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
+    )
+    if float((border < 64).mean()) < _MNIST_BORDER_DARK:
+        return False
+    peak = float(gray.max())
+    if peak < 128:
+        return False
+    rows, cols = np.nonzero(gray > peak * 0.25)
+    box = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / max(width, height)
+    if not _MNIST_BOX_RANGE[0] <= box <= _MNIST_BOX_RANGE[1]:
+        return False
+    ys, xs = np.indices(gray.shape)
+    total = float(gray.sum())
+    off_y = float((ys * gray).sum()) / total / height - 0.5
+    off_x = float((xs * gray).sum()) / total / width - 0.5
+    return max(abs(off_y), abs(off_x)) <= _MNIST_CENTRE_OFF
+
+
+DOMAIN_TESTS: dict[SketchNormalization, DomainTest] = {
+    SketchNormalization.NONE: lambda image: True,  # nothing to bring it into
+    SketchNormalization.MNIST: looks_like_mnist,
+}
+
+
+def in_domain(image: Image.Image, mode: SketchNormalization) -> bool:
+    """Whether `image` already looks like the model's images, for a model that records `mode`."""
+    return DOMAIN_TESTS[mode](image)
+
+
+def to_model_domain(image: Image.Image, mode: SketchNormalization) -> tuple[Image.Image, SketchNormalization]:
+    """A picture for a model whose sketches get `mode`: as it is when it already looks like the
+    model's images, else normalised as a sketch. Returns the image and the normalisation applied.
+
+    A picture the normalisation finds no strokes in (a blank page) is kept as it is: an image
+    query has no duty to be a drawing.
+    """
+    if in_domain(image, mode):
+        return image, SketchNormalization.NONE
+    try:
+        return normalize_sketch(image, mode), mode
+    except ImageInputError:
+        return image, SketchNormalization.NONE
 
 
 def pixel_values(images: Sequence[Image.Image], processor: ImageProcessor) -> torch.Tensor:

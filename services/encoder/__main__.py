@@ -30,7 +30,7 @@ def main() -> int:
     try:
         asyncio.run(serve(settings))
     except CheckpointError as exc:
-        log.error("cannot load the model: %s", exc)
+        log.error("cannot load the models (none served): %s", exc)
         return 1
     except OSError as exc:  # the port is taken, or similar
         log.error("cannot start: %s", exc)

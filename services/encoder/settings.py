@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
 from clipsearch.affinity import cpu_setting
+from clipsearch.checkpoint import checkpoint_name
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
 MIB = 1024 * 1024
+# A served name: what calls and health checks spell, so no separators of the ENCODER_MODELS list or of
+# the health service names (services/encoder/server.py) in it.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to serve: the name calls use, and its checkpoint directory or hub id."""
+
+    name: str
+    checkpoint: str
+
+
+def parse_models(value: str) -> list[ModelSource]:
+    """`name=DIR,name=DIR` to its entries; ValueError names the first bad or duplicate entry."""
+    sources: list[ModelSource] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue  # a trailing comma
+        name, separator, checkpoint = (side.strip() for side in entry.partition("="))
+        if not separator or not checkpoint:
+            raise ValueError(f"model entry {entry!r} is not NAME=CHECKPOINT")
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        if FINGERPRINT.fullmatch(name):
+            raise ValueError(f"model name {name!r} looks like a fingerprint; calls could not tell them apart")
+        if any(source.name == name for source in sources):
+            raise ValueError(f"model name {name!r} is given twice")
+        sources.append(ModelSource(name, checkpoint))
+    if not sources:
+        raise ValueError("no models given: set NAME=CHECKPOINT[,NAME=CHECKPOINT...]")
+    return sources
 
 
 class EncoderSettings(BaseSettings):
@@ -21,6 +59,10 @@ class EncoderSettings(BaseSettings):
     # A checkpoint directory (save_pretrained layout) or a Hugging Face hub id; the default is the
     # demo's model (scripts/demo.py): the compact MNIST model with its text tower distilled.
     checkpoint: str = "var/checkpoints/mnist-compact-distilled"
+    # Several models in one process: "NAME=CHECKPOINT,NAME=CHECKPOINT" (for example
+    # "mnist=var/checkpoints/mnist-compact-distilled,emoji=var/checkpoints/emoji"); calls name
+    # the model they want. Unset: the one `checkpoint`, served under its directory name.
+    models: str | None = None
     host: str = "0.0.0.0"
     # 0 binds any free port (tests); the bound port is reported by the server.
     port: int = Field(default=50051, ge=0, le=65535)
@@ -77,6 +119,26 @@ class EncoderSettings(BaseSettings):
     @classmethod
     def _cpu_list(cls, value: str | None) -> str | None:
         return cpu_setting(value)
+
+    @field_validator("models")
+    @classmethod
+    def _model_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_models(value)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> EncoderSettings:
+        if self.models is not None and "checkpoint" in self.model_fields_set:
+            raise ValueError("set ENCODER_MODELS or ENCODER_CHECKPOINT, not both")
+        return self
+
+    def model_sources(self) -> list[ModelSource]:
+        """The models to serve, in the order given."""
+        if self.models is None:
+            return [ModelSource(checkpoint_name(self.checkpoint), self.checkpoint)]
+        return parse_models(self.models)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -23,6 +23,9 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     )
     parser.add_argument("--encoder", help="encoder gRPC target, host:port")
     parser.add_argument(
+        "--model", help="the encoder model to embed with: name or fingerprint (default: its only one)"
+    )
+    parser.add_argument(
         "--qdrant-url", help="Qdrant server URL (default: the embedded store in --store-path)"
     )
     parser.add_argument("--store-path", type=Path, help="embedded vector store directory")

@@ -18,6 +18,9 @@ class IndexerSettings(BaseSettings):
 
     encoder: str = "localhost:50051"
     encoder_api_key: SecretStr | None = None
+    # The encoder model that embeds this collection: its served name or fingerprint; empty: the
+    # encoder's only model. The run pins the fingerprint it resolves to.
+    model: str = ""
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     store_path: Path = Path("var/qdrant")
