@@ -193,13 +193,13 @@ def decode_sketch(
 DomainTest = Callable[[Image.Image], bool]
 
 # An MNIST image: grey, white ink on a black background that fills the border, the ink's box
-# 20 px of 28 on its longer side and centred by mass. The bounds hold for every MNIST test image
-# but a handful (bench/domain.py measures it); a digit on paper, a photo, a colour picture or a
-# digit filling its frame fails one of them.
+# 20 px of 28 on its longer side and centred by mass. The bounds are loose around what every
+# MNIST test image measures (bench/domain.py counts the ones left as they are); a digit on paper,
+# a colour picture, or a digit that fills its frame or sits off centre fails one of them.
 _MNIST_MAX_CHROMA = 12.0  # mean max-min over R, G, B: a grey picture
-_MNIST_BORDER_DARK = 0.97  # share of the outer ring (1/14 of the side) darker than 64
-_MNIST_BOX_RANGE = (0.3, 0.95)  # longer side of the ink's box over the image's side
-_MNIST_CENTRE_OFF = 0.15  # centre of mass at most this far from the centre, over the side
+_MNIST_BORDER_DARK = 0.9  # share of the outer ring (1/14 of the side) darker than 64
+_MNIST_BOX_RANGE = (0.3, 0.85)  # longer side of the ink's box over the image's side (MNIST: 20/28)
+_MNIST_CENTRE_OFF = 0.1  # centre of mass at most this far from the centre, over the side
 _MNIST_MAX_ASPECT = 1.25
 
 
