@@ -93,6 +93,8 @@ class EncoderServer:
 
         CheckpointError (naming the model) when one cannot be loaded: the server does not serve.
         """
+        if self.settings.models is not None and "checkpoint" in self.settings.model_fields_set:
+            log.info("serving ENCODER_MODELS; ENCODER_CHECKPOINT=%s is not used", self.settings.checkpoint)
         registry = ModelRegistry(self.settings, self.metrics)
         self.servicer.models = registry
         await registry.load_all(self._model_loaded)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
@@ -61,7 +61,8 @@ class EncoderSettings(BaseSettings):
     checkpoint: str = "var/checkpoints/mnist-compact-distilled"
     # Several models in one process: "NAME=CHECKPOINT,NAME=CHECKPOINT" (for example
     # "mnist=var/checkpoints/mnist-compact-distilled,emoji=var/checkpoints/emoji"); calls name
-    # the model they want. Unset: the one `checkpoint`, served under its directory name.
+    # the model they want. Set, it replaces `checkpoint` (compose always passes one). Unset or
+    # empty: the one `checkpoint`, served under its directory name.
     models: str | None = None
     host: str = "0.0.0.0"
     # 0 binds any free port (tests); the bound port is reported by the server.
@@ -127,12 +128,6 @@ class EncoderSettings(BaseSettings):
             return None
         parse_models(value)  # ValueError names the bad entry
         return value
-
-    @model_validator(mode="after")
-    def _one_way_to_name_models(self) -> EncoderSettings:
-        if self.models is not None and "checkpoint" in self.model_fields_set:
-            raise ValueError("set ENCODER_MODELS or ENCODER_CHECKPOINT, not both")
-        return self
 
     def model_sources(self) -> list[ModelSource]:
         """The models to serve, in the order given."""

@@ -324,9 +324,9 @@ def test_bad_model_lists_are_refused_with_a_message(models: str, message: str) -
         EncoderSettings(models=models)
 
 
-def test_models_and_checkpoint_are_not_both_set() -> None:
-    with pytest.raises(ValidationError, match="not both"):
-        EncoderSettings(models="a=x", checkpoint="y")
+def test_models_replace_the_checkpoint_and_an_empty_list_means_the_checkpoint() -> None:
+    assert [s.name for s in EncoderSettings(models="a=x", checkpoint="y").model_sources()] == ["a"]
+    assert [s.checkpoint for s in EncoderSettings(models=" ", checkpoint="y").model_sources()] == ["y"]
 
 
 def test_the_one_model_form_serves_the_checkpoint_under_its_directory_name(tiny_checkpoint: Path) -> None:
