@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clipsearch.edge_store import EdgeStore
 from clipsearch.store import (
     CAPTION_VECTOR,
     IMAGE_VECTOR,
@@ -29,6 +28,7 @@ from clipsearch.store import (
     VectorStore,
     open_store,
 )
+from clipsearch.store.edge import EdgeStore
 
 DIM = 8
 Opener = Callable[[Path], VectorStore]
@@ -245,7 +245,7 @@ def test_edge_writes_survive_a_crash_without_close(tmp_path: Path) -> None:
     child = textwrap.dedent(
         f"""
         import os, numpy as np
-        from clipsearch.edge_store import EdgeStore
+        from clipsearch.store.edge import EdgeStore
         from clipsearch.store import Point
         store = EdgeStore({str(root)!r})
         name = store.create_version("digits", dim=4, fingerprint="fp", vector_names=["image"], source="s")
