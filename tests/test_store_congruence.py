@@ -236,12 +236,17 @@ def embedded(request: pytest.FixtureRequest) -> Opener:
     return EMBEDDED[request.param]
 
 
+def publish(store: VectorStore, alias: str, points: list[Point]) -> None:
+    """`points` as the one live version of `alias`."""
+    name = store.create_version(alias, dim=DIM, fingerprint="fp", vector_names=[IMAGE_VECTOR], source="s")
+    store.upsert(name, points)
+    store.finish_version(alias, name, keep=1)
+
+
 def test_user_mistakes_are_clear_errors(backend: Opener, tmp_path: Path, alias: str) -> None:
     store = backend(tmp_path / "store")
     try:
-        name = store.create_version(alias, dim=DIM, fingerprint="fp", vector_names=[IMAGE_VECTOR], source="s")
-        store.upsert(name, make_points(5, captions=False))
-        store.finish_version(alias, name, keep=1)
+        publish(store, alias, make_points(5, captions=False))
         with pytest.raises(FilterError, match="unknown filter field"):
             store.search(alias, unit(1), filter={"colour": "red"})
         with pytest.raises(FilterError, match="takes int"):
@@ -367,9 +372,7 @@ def emoji_points() -> list[Point]:
 def test_hostile_filters_are_refused_before_the_store(backend: Opener, tmp_path: Path, alias: str) -> None:
     store = backend(tmp_path / "store")
     try:
-        name = store.create_version(alias, dim=DIM, fingerprint="fp", vector_names=[IMAGE_VECTOR], source="s")
-        store.upsert(name, emoji_points())
-        store.finish_version(alias, name, keep=1)
+        publish(store, alias, emoji_points())
         for spec, message in HOSTILE_FILTERS:
             with pytest.raises(FilterError, match=message) as refused:
                 store.search(alias, unit(1), filter=spec)
@@ -383,9 +386,7 @@ def test_hostile_filters_are_refused_before_the_store(backend: Opener, tmp_path:
 def test_filters_at_the_bounds_and_on_emoji_fields(backend: Opener, tmp_path: Path, alias: str) -> None:
     store = backend(tmp_path / "store")
     try:
-        name = store.create_version(alias, dim=DIM, fingerprint="fp", vector_names=[IMAGE_VECTOR], source="s")
-        store.upsert(name, emoji_points())
-        store.finish_version(alias, name, keep=1)
+        publish(store, alias, emoji_points())
 
         def indexes(spec: dict[str, Any]) -> list[int]:
             return sorted(hit.payload["index"] for hit in store.search(alias, unit(1), k=10, filter=spec))
