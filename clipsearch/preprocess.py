@@ -199,7 +199,10 @@ DomainTest = Callable[[Image.Image], bool]
 _MNIST_MAX_CHROMA = 12.0  # mean max-min over R, G, B: a grey picture
 _MNIST_BORDER_DARK = 0.9  # share of the outer ring (1/14 of the side) darker than 64
 _MNIST_BOX_RANGE = (0.3, 0.85)  # longer side of the ink's box over the image's side (MNIST: 20/28)
-_MNIST_CENTRE_OFF = 0.1  # centre of mass at most this far from the centre, over the side
+# Centre of mass at most this far from the centre, over the side: MNIST's own are within 0.02, but a
+# digit a little off centre is still the model's (training shifts digits by up to 0.1), and leaving
+# near-domain pictures alone is the safe side of the test.
+_MNIST_CENTRE_OFF = 0.2
 _MNIST_MAX_ASPECT = 1.25
 
 

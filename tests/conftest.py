@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from training.models import build_compact
+
+if TYPE_CHECKING:
+    from services.encoder.server import EncoderServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,3 +66,29 @@ def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
     settings = EncoderSettings(checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0, metrics_port=0)
     with serve_in_thread(settings) as running:
         yield f"127.0.0.1:{running.port}"
+
+
+# The names the `two_model_encoder` serves its models under.
+TWO_MODELS = ("first", "second")
+
+
+@pytest.fixture(scope="session")
+def two_model_encoder(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> Iterator[EncoderServer]:
+    """One encoder on loopback serving two models, "first" (tiny_checkpoint) and "second"
+    (other_tiny_checkpoint); its target is f"127.0.0.1:{server.port}"."""
+    from services.encoder.server import serve_in_thread
+    from services.encoder.settings import EncoderSettings
+
+    settings = EncoderSettings(
+        models=f"first={tiny_checkpoint},second={other_tiny_checkpoint}",
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        # Exactly the in-process embedding, so tests can compare vectors with it.
+        text_runtime="torch",
+        cpu_mode="fp32",
+        max_batch_size=16,
+        max_wait_ms=50,  # wide enough to batch concurrent calls
+    )
+    with serve_in_thread(settings) as server:
+        yield server

@@ -382,6 +382,8 @@ async def run_index(
             info = await client.model_info(settings.model)
         except EncoderModelNotFound as exc:
             raise IndexerError(f"the encoder cannot embed with model {settings.model!r}: {exc}") from None
+        except EncoderInputError as exc:  # an encoder of several models, and no model named
+            raise IndexerError(f"name the model to embed with (INDEXER_MODEL): {exc}") from None
         except EncoderError as exc:
             raise IndexerError(f"cannot reach the encoder at {settings.encoder}: {exc}") from None
         owned = store is None

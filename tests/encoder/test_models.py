@@ -4,7 +4,7 @@ per-model health and batching, streams, and image queries brought into the model
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from clipsearch.preprocess import SketchNormalization, decode_image, decode_sket
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.server import EncoderServer, serve_in_thread
 from services.encoder.settings import EncoderSettings
+from tests.conftest import TWO_MODELS
 from tests.encoder.conftest import digit_image, png, sketch_png
 from tests.test_image_domain import mnist_like, printed_digit
 
-NAMES = ("first", "second")
+NAMES = TWO_MODELS
 TEXTS = ["a handwritten seven", "two"]
 
 
@@ -41,31 +42,14 @@ def two_models(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> dict[str, 
 
 
 @pytest.fixture(scope="session")
-def two_model_server(two_models: dict[str, Path]) -> Iterator[EncoderServer]:
-    settings = EncoderSettings(
-        models=",".join(f"{name}={path}" for name, path in two_models.items()),
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        # Exactly the in-process embedding, to compare vectors with it.
-        text_runtime="torch",
-        cpu_mode="fp32",
-        max_batch_size=16,
-        max_wait_ms=50,  # wide enough to batch concurrent calls
-    )
-    with serve_in_thread(settings) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def reference(two_models: dict[str, Path]) -> dict[str, Embedder]:
     """Each model embedded in this process, as the server should."""
     return {name: Embedder.from_checkpoint(load_checkpoint(path)) for name, path in two_models.items()}
 
 
 @pytest.fixture
-def target(two_model_server: EncoderServer) -> str:
-    return f"127.0.0.1:{two_model_server.port}"
+def target(two_model_encoder: EncoderServer) -> str:
+    return f"127.0.0.1:{two_model_encoder.port}"
 
 
 @pytest.fixture
@@ -111,12 +95,12 @@ async def test_each_call_embeds_with_the_model_it_names(
 
 
 async def test_concurrent_calls_to_both_models_are_batched_per_model(
-    target: str, two_model_server: EncoderServer, reference: dict[str, Embedder]
+    target: str, two_model_encoder: EncoderServer, reference: dict[str, Embedder]
 ) -> None:
     texts = [f"digit {seed}" for seed in range(8)]
 
     def batches(model: str) -> float:
-        value = two_model_server.metrics.registry.get_sample_value(
+        value = two_model_encoder.metrics.registry.get_sample_value(
             "clipsearch_encoder_batch_size_count", {"model": model, "kind": "text"}
         )
         return value or 0.0
