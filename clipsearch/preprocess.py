@@ -242,8 +242,12 @@ DOMAIN_TESTS: dict[SketchNormalization, DomainTest] = {
 
 
 def in_domain(image: Image.Image, mode: SketchNormalization) -> bool:
-    """Whether `image` already looks like the model's images, for a model that records `mode`."""
-    return DOMAIN_TESTS[mode](image)
+    """Whether `image` already looks like the model's images, for a model that records `mode`.
+
+    A normalisation without a test (tests require one each) leaves every picture as it is.
+    """
+    test = DOMAIN_TESTS.get(mode)
+    return True if test is None else test(image)
 
 
 def to_model_domain(image: Image.Image, mode: SketchNormalization) -> tuple[Image.Image, SketchNormalization]:
