@@ -206,12 +206,25 @@ _MNIST_CENTRE_OFF = 0.2
 _MNIST_MAX_ASPECT = 1.25
 
 
+_DOMAIN_PROBE_PX = 128  # domain tests look at a copy at most this large: bounded cost for any upload
+
+
+def _domain_probe(image: Image.Image) -> Image.Image:
+    """A small RGB copy of `image` for the domain tests (their measures do not depend on the size)."""
+    probe = image.convert("RGB")
+    if max(probe.size) > _DOMAIN_PROBE_PX:
+        probe = ImageOps.contain(probe, (_DOMAIN_PROBE_PX, _DOMAIN_PROBE_PX), Image.Resampling.BOX)
+    return probe
+
+
 def looks_like_mnist(image: Image.Image) -> bool:
     """True when `image` (decoded RGB) already looks like an MNIST digit, at any resolution."""
     width, height = image.size
     if max(width, height) > _MNIST_MAX_ASPECT * min(width, height):
         return False
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    image = _domain_probe(image)
+    width, height = image.size
+    rgb = np.asarray(image, dtype=np.int16)
     if float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > _MNIST_MAX_CHROMA:
         return False
     gray = rgb.mean(axis=2)
