@@ -37,6 +37,11 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = REPO / "pyproject.toml"
 LOCK_FILE = REPO / "requirements.lock"
+MAKEFILE = REPO / "Makefile"
+# Installed first, on its own and exactly pinned (its looser specs pull the CUDA build), so not locked.
+TORCH_REQUIREMENT = "torch==2.13.0"
+# What every virtual environment has, whatever the project asks for.
+VENV_BASE = {"pip", "setuptools", "wheel"}
 
 # Variables Compose itself reads from .env (not interpolated into the file).
 COMPOSE_BUILTINS = {"COMPOSE_PROFILES", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME"}

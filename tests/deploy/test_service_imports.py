@@ -20,7 +20,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from bench.stack import free_port, stop
-from tests.deploy.deployfiles import REPO, installed_closure, project_requirements
+from tests.deploy.deployfiles import REPO, VENV_BASE, installed_closure, project_requirements
 from tests.gateway.conftest import digit_png
 from tests.hardening.processes import start, wait_http_ready
 from tests.indexer.conftest import write_mnist
@@ -34,8 +34,6 @@ ENTRY_MODULES = {
 }
 TORCH_FREE = ("gateway", "indexer")
 MODEL_PACKAGES = {"torch", "transformers"}
-# The project itself, and what every virtual environment has.
-ALWAYS_INSTALLED = {"clipsearch", "pip", "setuptools", "wheel"}
 
 # Imports the entry module as `python -m` would load it (without running main), then names every
 # module the interpreter holds.
@@ -47,7 +45,7 @@ _PROBE = (
 
 def hidden_distributions(service: str) -> list[str]:
     """The installed distributions that `service`'s extra does not install."""
-    kept = installed_closure(project_requirements(service)) | ALWAYS_INSTALLED
+    kept = installed_closure(project_requirements(service)) | VENV_BASE | {"clipsearch"}
     installed = {canonicalize_name(dist.metadata["Name"]) for dist in distributions()}
     return sorted(installed - kept)
 
