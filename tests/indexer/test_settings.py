@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.indexer.__main__ import parse_args
+from clipsearch.bootstrap import load_settings
 from services.indexer.settings import IndexerSettings
 
 
@@ -19,5 +19,5 @@ def test_plain_mnist_dir_is_a_fallback_for_indexer_mnist_dir(monkeypatch: pytest
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INDEXER_BATCH_SIZE", "32")
     monkeypatch.setenv("INDEXER_MODE", "incremental")
-    settings = IndexerSettings(**parse_args(["--batch-size", "128", "--no-fail-on-bad-items"]))
+    settings = load_settings(IndexerSettings, ["--batch-size", "128", "--no-fail-on-bad-items"])
     assert (settings.batch_size, settings.mode, settings.fail_on_bad_items) == (128, "incremental", False)
