@@ -14,20 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.stack import free_port, stop
 from clipsearch.batching import MicroBatcher, on_executor
+from clipsearch.processes import free_port, rss_kib
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
 from tests.gateway.conftest import build_index, digit_png
-from tests.hardening.processes import (
-    encoder_env,
-    python_env,
-    rss_kib,
-    start,
-    wait_encoder_serving,
-    wait_http_ready,
-)
+from tests.processes import encoder_env, python_env, start
 
 SOAK_SECONDS = float(os.environ.get("CLIPSEARCH_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 16
@@ -137,12 +130,12 @@ def test_soak_mixed_queries_against_the_full_stack(
     gateway = start("services.gateway", gateway_env, gateway_log)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        wait_encoder_serving(encoder_port, encoder, encoder_log)
-        wait_http_ready(url, gateway, gateway_log)
+        encoder.wait_grpc_serving(f"127.0.0.1:{encoder_port}")
+        gateway.wait_http_ready(f"{url}/readyz")
         report = asyncio.run(_soak(url, {"encoder": encoder.pid, "gateway": gateway.pid}))
     finally:
-        stop(gateway)
-        stop(encoder)
+        gateway.stop()
+        encoder.stop()
     latencies = np.asarray(report.latencies) * 1000
     p50, p99 = np.percentile(latencies, [50, 99])
     growth = {
