@@ -14,12 +14,21 @@ message naming the setting, no traceback), logging, CPU pinning where the servic
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from clipsearch.logs import LogFormat, configure_logging, parse_level
 
@@ -43,6 +52,10 @@ class ServiceSettings(BaseSettings):
         cli_exit_on_error=False,  # bad flags raise SettingsError, reported like bad settings
     )
 
+    # Unprefixed variables that settings fall back to (setting -> variable), such as the MNIST_DIR
+    # that training and the tests share; the prefixed variable and the flag win.
+    env_fallbacks: ClassVar[dict[str, str]] = {}
+
     log_level: str = "INFO"
     """debug, info, warning, error or critical."""
     log_format: LogFormat = "text"
@@ -53,6 +66,39 @@ class ServiceSettings(BaseSettings):
     def _known_level(cls, value: str) -> str:
         parse_level(value)  # ValueError names the choices
         return value.strip().upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _FallbackEnvironment(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+
+class _FallbackEnvironment(PydanticBaseSettingsSource):
+    """The `env_fallbacks` of a settings class, from the environment (empty means unset)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = getattr(self.settings_cls, "env_fallbacks", {}).get(field_name)
+        return (os.environ.get(variable) or None) if variable else None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
 
 
 def load_settings(settings_cls: type[S], argv: Sequence[str] | None = None, *, prog: str | None = None) -> S:

@@ -1,4 +1,4 @@
-"""`python -m scripts.demo` (`make demo`): MNIST search on this machine, end to end.
+"""`clipsearch demo` (`python -m scripts.demo`, `make demo`): MNIST search on this machine, end to end.
 
 Non-interactive and repeatable; each step is skipped when its result exists:
 
@@ -13,8 +13,8 @@ Non-interactive and repeatable; each step is skipped when its result exists:
    store var/qdrant; it reuses a complete index built with the same model.
 5. Gateway (`python -m services.gateway`), waited for until ready; prints the URL.
 
-Ports and limits: DEMO_HTTP_PORT (8080), DEMO_GRPC_PORT (50052), DEMO_ENCODER_PORT
-(50051), DEMO_HOST (127.0.0.1), DEMO_INDEX_LIMIT (index only the first N images).
+Every setting (ports, host, limits) is in `--help`, with its environment variable.
+Paths are relative to the working directory (var/, and training/configs when it trains).
 
 Ctrl-C or SIGTERM stops every process started here. The embedded store admits
 one process at a time, so the indexer finishes before the gateway opens it.
@@ -23,19 +23,20 @@ one process at a time, so the indexer finishes before the gateway opens it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import ClassVar
 
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from clipsearch.bootstrap import ServiceSettings, run_service
 from clipsearch.datasets import DatasetError, load_mnist
 from clipsearch.encoder_client import EncoderClient
+from clipsearch.processes import ServiceError, ServiceGroup, grpc_serving, http_ready, poll_until, run, start
 from clipsearch.store import open_store
 
 VAR = Path("var")
@@ -47,51 +48,35 @@ TRAIN_CONFIG = Path("training") / "configs" / "mnist-compact.yaml"  # the measur
 STORE_PATH = VAR / "qdrant"
 MEDIA_DIR = VAR / "media"
 COLLECTION = "mnist"
-ENCODER_PORT = int(os.environ.get("DEMO_ENCODER_PORT", "50051"))
-HTTP_PORT = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
-GRPC_PORT = int(os.environ.get("DEMO_GRPC_PORT", "50052"))
-HOST = os.environ.get("DEMO_HOST", "127.0.0.1")
-TRAIN_MINUTES = os.environ.get("DEMO_TRAIN_MINUTES", "20")
-DISTILL_STEPS = os.environ.get("DEMO_DISTILL_STEPS", "500")
-# Index only the first N test images (smoke runs); unset: all 10,000.
-INDEX_LIMIT = os.environ.get("DEMO_INDEX_LIMIT")
 STARTUP_TIMEOUT_S = 300.0
+
+
+class DemoSettings(ServiceSettings):
+    """MNIST search on this machine, end to end: train (once), index, serve on http://localhost:8080."""
+
+    model_config = SettingsConfigDict(env_prefix="DEMO_")
+    env_fallbacks: ClassVar[dict[str, str]] = {"mnist_dir": "MNIST_DIR", "checkpoint": "CHECKPOINT"}
+
+    mnist_dir: Path | None = None
+    """MNIST idx files; unset: $MNIST_DIR, else var/data/mnist, downloaded and checksum-verified."""
+    checkpoint: str | None = None
+    """The model to serve; unset: $CHECKPOINT, else var/checkpoints/mnist-compact-distilled, trained
+    here if absent."""
+    encoder_port: int = Field(default=50051, ge=1, le=65535)
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int = Field(default=50052, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    """Where the gateway listens (0.0.0.0: every interface)."""
+    train_minutes: float = Field(default=20.0, gt=0)
+    """At most this long training the compact model, when there is none yet."""
+    distill_steps: int = Field(default=500, ge=1)
+    """Steps distilling its text tower to 2 layers."""
+    index_limit: int | None = Field(default=None, ge=1)
+    """Index only the first N test images (smoke runs); unset: all 10,000."""
 
 
 class DemoError(RuntimeError):
     pass
-
-
-class Processes:
-    """The child processes started here, stopped in reverse order on exit."""
-
-    def __init__(self) -> None:
-        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, module: str, env: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
-        say(f"starting {name}: python -m {module} {' '.join(args)}".rstrip())
-        process = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env})
-        self.running.append((name, process))
-        return process
-
-    def check_alive(self) -> None:
-        for name, process in self.running:
-            if process.poll() is not None:
-                raise DemoError(f"{name} exited with code {process.returncode}")
-
-    def stop_all(self) -> None:
-        for name, process in reversed(self.running):
-            if process.poll() is None:
-                say(f"stopping {name}")
-                process.terminate()
-        for name, process in reversed(self.running):
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                say(f"{name} did not stop in time; killing it")
-                process.kill()
-                process.wait()
-        self.running.clear()
 
 
 def say(message: str) -> None:
@@ -101,16 +86,15 @@ def say(message: str) -> None:
 def run_step(name: str, module: str, env: Mapping[str, str], *args: str) -> None:
     """Run a job to completion; a failure ends the demo with its exit code."""
     say(f"{name}: python -m {module} {' '.join(args)}".rstrip())
-    completed = subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **env}, check=False)
+    completed = run(module, *args, env=env, capture=False)
     if completed.returncode != 0:
         raise DemoError(f"{name} failed with exit code {completed.returncode}")
 
 
-def ensure_mnist() -> Path:
-    configured = os.environ.get("MNIST_DIR")
-    directory = Path(configured) if configured else DEFAULT_MNIST_DIR
+def ensure_mnist(settings: DemoSettings) -> Path:
+    directory = settings.mnist_dir or DEFAULT_MNIST_DIR
     try:
-        split = load_mnist(directory, "test", download=not configured)
+        split = load_mnist(directory, "test", download=settings.mnist_dir is None)
     except DatasetError as exc:
         raise DemoError(str(exc)) from None
     say(f"MNIST: {len(split.labels)} test images in {directory}")
@@ -123,11 +107,10 @@ def is_checkpoint(directory: Path) -> bool:
     )
 
 
-def ensure_checkpoint(mnist_dir: Path) -> str:
-    configured = os.environ.get("CHECKPOINT")
-    if configured:
-        say(f"model: {configured} (CHECKPOINT)")
-        return configured
+def ensure_checkpoint(settings: DemoSettings, mnist_dir: Path) -> str:
+    if settings.checkpoint:
+        say(f"model: {settings.checkpoint} (CHECKPOINT)")
+        return settings.checkpoint
     if is_checkpoint(DEFAULT_CHECKPOINT):
         say(f"model: {DEFAULT_CHECKPOINT} (already trained)")
         return str(DEFAULT_CHECKPOINT)
@@ -136,7 +119,7 @@ def ensure_checkpoint(mnist_dir: Path) -> str:
     else:
         say(
             f"no checkpoint at {TRAINED_CHECKPOINT}: training the compact MNIST model "
-            f"(at most {TRAIN_MINUTES} min)"
+            f"(at most {settings.train_minutes:g} min)"
         )
         run_step(
             "training",
@@ -150,7 +133,7 @@ def ensure_checkpoint(mnist_dir: Path) -> str:
             "--output",
             str(TRAINED_CHECKPOINT),
             "--max-minutes",
-            TRAIN_MINUTES,
+            f"{settings.train_minutes:g}",
             "--resume",
         )
         if not is_checkpoint(TRAINED_CHECKPOINT):
@@ -166,16 +149,11 @@ def ensure_checkpoint(mnist_dir: Path) -> str:
         "--layers",
         DISTILLED_TEXT_LAYERS,
         "--steps",
-        DISTILL_STEPS,
+        str(settings.distill_steps),
     )
     if not is_checkpoint(DEFAULT_CHECKPOINT):
         raise DemoError(f"distillation finished but wrote no checkpoint to {DEFAULT_CHECKPOINT}")
     return str(DEFAULT_CHECKPOINT)
-
-
-async def _encoder_serving(target: str) -> bool:
-    async with EncoderClient(target, timeout_s=2.0) as client:
-        return await client.serving()
 
 
 async def _encoder_fingerprint(target: str) -> str:
@@ -198,25 +176,18 @@ def index_mode(encoder_target: str) -> str:
     return "full"
 
 
-def wait_until(description: str, ready: Callable[[], bool], processes: Processes) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not ready():
-        processes.check_alive()
-        if time.monotonic() > deadline:
-            raise DemoError(f"{description} did not become ready in {STARTUP_TIMEOUT_S:.0f} s")
-        time.sleep(0.5)
+def start_service(services: ServiceGroup, name: str, module: str, env: Mapping[str, str]) -> None:
+    say(f"starting {name}: python -m {module}")
+    services.add(start(module, env=env, name=name))  # its output goes to ours
 
 
-def http_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+def wait_until(description: str, ready: Callable[[], bool], services: ServiceGroup) -> None:
+    if not poll_until(ready, services.check_running, STARTUP_TIMEOUT_S, interval_s=0.5):
+        raise DemoError(f"{description} did not become ready in {STARTUP_TIMEOUT_S:.0f} s")
 
 
-def main() -> int:
-    processes = Processes()
+def demo(settings: DemoSettings) -> int:
+    services = ServiceGroup(say)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Only the first signal interrupts: a second one (Ctrl-C pressed twice, or a supervisor and
@@ -229,20 +200,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        mnist_dir = ensure_mnist()
-        checkpoint = ensure_checkpoint(mnist_dir)
-        encoder_target = f"127.0.0.1:{ENCODER_PORT}"
-        processes.start(
+        mnist_dir = ensure_mnist(settings)
+        checkpoint = ensure_checkpoint(settings, mnist_dir)
+        encoder_target = f"127.0.0.1:{settings.encoder_port}"
+        start_service(
+            services,
             "encoder",
             "services.encoder",
             {
                 "ENCODER_CHECKPOINT": checkpoint,
                 "ENCODER_HOST": "127.0.0.1",
-                "ENCODER_PORT": str(ENCODER_PORT),
+                "ENCODER_PORT": str(settings.encoder_port),
                 "ENCODER_METRICS_PORT": "0",
             },
         )
-        wait_until("the encoder", lambda: asyncio.run(_encoder_serving(encoder_target)), processes)
+        wait_until("the encoder", lambda: grpc_serving(encoder_target), services)
         say(f"encoder serving on {encoder_target}")
         run_step(
             "indexing the MNIST test set",
@@ -257,9 +229,10 @@ def main() -> int:
                 "INDEXER_MNIST_SPLIT": "test",
                 "INDEXER_MODE": index_mode(encoder_target),
             },
-            *(["--limit", INDEX_LIMIT] if INDEX_LIMIT else []),
+            *(["--limit", str(settings.index_limit)] if settings.index_limit else []),
         )
-        processes.start(
+        start_service(
+            services,
             "gateway",
             "services.gateway",
             {
@@ -267,26 +240,30 @@ def main() -> int:
                 "GATEWAY_STORE_PATH": str(STORE_PATH),
                 "GATEWAY_MEDIA_DIR": str(MEDIA_DIR),
                 "GATEWAY_COLLECTION": COLLECTION,
-                "GATEWAY_HOST": HOST,
-                "GATEWAY_HTTP_PORT": str(HTTP_PORT),
-                "GATEWAY_GRPC_PORT": str(GRPC_PORT),
+                "GATEWAY_HOST": settings.host,
+                "GATEWAY_HTTP_PORT": str(settings.http_port),
+                "GATEWAY_GRPC_PORT": str(settings.grpc_port),
             },
         )
-        base = f"http://{'localhost' if HOST in ('127.0.0.1', '0.0.0.0') else HOST}:{HTTP_PORT}"
-        wait_until("the gateway", lambda: http_ready(f"http://127.0.0.1:{HTTP_PORT}/readyz"), processes)
-        say(f"ready: open {base}/  (API docs {base}/docs, gRPC on port {GRPC_PORT}); Ctrl-C stops everything")
+        host, port = settings.host, settings.http_port
+        base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
+        wait_until("the gateway", lambda: http_ready(f"http://127.0.0.1:{port}/readyz"), services)
+        say(
+            f"ready: open {base}/  (API docs {base}/docs, gRPC on port {settings.grpc_port}); "
+            "Ctrl-C stops everything"
+        )
         while True:
-            processes.check_alive()
+            services.check_running()
             time.sleep(1.0)
     except KeyboardInterrupt:
         say("interrupted")
         return 0
-    except DemoError as exc:
+    except (DemoError, ServiceError) as exc:
         say(f"error: {exc}")
         return 1
     finally:
-        processes.stop_all()
+        services.stop_all()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None, prog: str = "clipsearch demo") -> int:
+    return run_service("demo", DemoSettings, demo, argv=argv, prog=prog)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from clipsearch.bootstrap import ServiceSettings
@@ -18,7 +18,8 @@ Mode = Literal["full", "incremental"]
 class IndexerSettings(ServiceSettings):
     """Embed a collection with the encoder service and write it to the vector store."""
 
-    model_config = SettingsConfigDict(env_prefix="INDEXER_", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="INDEXER_")
+    env_fallbacks: ClassVar[dict[str, str]] = {"mnist_dir": "MNIST_DIR"}
 
     encoder: str = "localhost:50051"
     """Encoder gRPC target, host:port."""
@@ -34,11 +35,8 @@ class IndexerSettings(ServiceSettings):
     """Where images and thumbnails are kept for display."""
 
     source: SourceKind = "mnist"
-    mnist_dir: Path | None = Field(
-        default=None, validation_alias=AliasChoices("INDEXER_MNIST_DIR", "MNIST_DIR")
-    )
-    """Directory with the MNIST idx files; INDEXER_MNIST_DIR, or the MNIST_DIR that training and the
-    tests use."""
+    mnist_dir: Path | None = None
+    """Directory with the MNIST idx files; unset: $MNIST_DIR (as training and the tests use)."""
     mnist_split: MnistSplitChoice = "test"
     mnist_download: bool = False
     folder: Path | None = None
