@@ -8,7 +8,8 @@ An empty variable counts as unset (compose files and `.env` templates leave them
 
 `run_service` is the whole of a service's `__main__`: settings (a mistake exits 2 with a
 message naming the setting, no traceback), logging, CPU pinning where the service has
-`cpus`, then the service; the errors a user can fix exit 1 with their message.
+`cpus`, then the service; a `UserError` (what the user can fix: a missing file, a port
+in use) is logged as one line and exits 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import ValidationError, field_validator
@@ -125,6 +126,10 @@ def describe_settings_error(settings_cls: type[ServiceSettings], exc: Validation
     return "\n".join(lines)
 
 
+class UserError(Exception):
+    """A failure the user can fix, with a message that says how; the service exits 1 without a traceback."""
+
+
 def run_service(
     name: str,
     settings_cls: type[S],
@@ -132,13 +137,9 @@ def run_service(
     *,
     argv: Sequence[str] | None = None,
     prog: str | None = None,
-    user_errors: Mapping[type[BaseException], str] | None = None,
 ) -> int:
-    """Start a service; returns its exit status.
-
-    `user_errors` maps the exceptions a user can fix (a missing file, a port in use) to what
-    was being done ("cannot load the model"): they are logged as one line and exit 1.
-    """
+    """Start a service with the settings from the environment and `argv` (default: sys.argv[1:]);
+    returns its exit status."""
     try:
         settings = load_settings(settings_cls, sys.argv[1:] if argv is None else argv, prog=prog)
     except ValidationError as exc:
@@ -153,10 +154,8 @@ def run_service(
         from clipsearch.affinity import pin_process
 
         log.info("%s running on CPUs %s", name, sorted(pin_process(cpus)))
-    errors: dict[type[BaseException], str] = dict(user_errors or {})
     try:
         return serve(settings) or 0
-    except tuple(errors) as exc:
-        doing = next(what for kind, what in errors.items() if isinstance(exc, kind))
-        logging.getLogger(name).error("%s%s", f"{doing}: " if doing else "", exc)
+    except UserError as exc:
+        logging.getLogger(name).error("%s", exc)
         return 1

@@ -65,7 +65,7 @@ class LineProgress(_Tqdm):
         now = time.monotonic()
         if now - self._last_line_at >= self._interval_s:
             self._last_line_at = now
-            log.info("%s", self)
+            log.info("%s", str(self))  # now: the record may be formatted later
 
     def close(self) -> None:
         if not self.disable and not self._finished:

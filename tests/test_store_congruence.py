@@ -169,6 +169,7 @@ def scenario(open_backend: Opener, root: Path) -> dict[str, Any]:
     return rec.record
 
 
+@pytest.mark.slow
 def test_local_mode_and_edge_observe_the_same(tmp_path: Path) -> None:
     local = scenario(BACKENDS["local"], tmp_path / "local")
     edge = scenario(BACKENDS["edge"], tmp_path / "edge")

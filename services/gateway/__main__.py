@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from clipsearch.bootstrap import run_service
+from clipsearch.bootstrap import UserError, run_service
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import GrpcGateway
@@ -47,14 +47,14 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m services.gateway") -> int:
-    return run_service(
-        "gateway",
-        GatewaySettings,
-        lambda settings: asyncio.run(serve(settings)),
-        argv=argv,
-        prog=prog,
-        user_errors={OSError: "cannot start"},
-    )
+    return run_service("gateway", GatewaySettings, run, argv=argv, prog=prog)
+
+
+def run(settings: GatewaySettings) -> None:
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # the port is taken, or similar
+        raise UserError(f"cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

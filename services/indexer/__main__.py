@@ -7,26 +7,27 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from clipsearch.bootstrap import run_service
+from clipsearch.bootstrap import UserError, run_service
 from clipsearch.logs import REQUEST_ID, new_request_id
 
-from .job import USER_ERRORS, run_index
 from .settings import IndexerSettings
 
 INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m services.indexer") -> int:
-    return run_service(
-        "indexer", IndexerSettings, index, argv=argv, prog=prog, user_errors=dict.fromkeys(USER_ERRORS, "")
-    )
+    return run_service("indexer", IndexerSettings, index, argv=argv, prog=prog)
 
 
 def index(settings: IndexerSettings) -> int:
+    from .job import USER_ERRORS, run_index  # once the settings are good: --help answers at once
+
     # One id for the run: its log lines and its encoder calls name it.
     token = REQUEST_ID.set(f"index-{new_request_id()}")
     try:
         report = asyncio.run(run_index(settings))
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         print("indexer: interrupted; run again to resume", file=sys.stderr)
         return INTERRUPTED
