@@ -22,6 +22,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 # Libraries that log every HTTP call they make at INFO (qdrant-client talks to a server through httpx).
 CHATTY_LOGGERS = ("httpx", "httpcore")
 
+HANDLER_NAME = "clipsearch"  # the handler configure_logging installs (and replaces when called again)
 REQUEST_ID_HEADER = "x-request-id"
 # One id as a client may send it: short, printable, nothing that could forge a log line or a JSON field.
 _ONE_ID = r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}"
@@ -113,10 +114,11 @@ def configure_logging(level: str | int = "INFO", log_format: LogFormat = "text")
     """
     numeric = parse_level(level)
     handler = _StandardErrorHandler()
+    handler.set_name(HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StandardErrorHandler)]:
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,17 +16,6 @@ from clipsearch.logs import (
 )
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("restore_logging")
 def test_json_format_writes_one_object_per_line_with_the_request_id(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -54,7 +42,6 @@ def test_json_format_writes_one_object_per_line_with_the_request_id(
     assert "ValueError: boom" in records[2]["exception"]
 
 
-@pytest.mark.usefixtures("restore_logging")
 def test_text_format_names_the_request_and_a_second_call_replaces_the_first(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -73,7 +60,6 @@ def test_text_format_names_the_request_and_a_second_call_replaces_the_first(
     assert lines[1].endswith("DEBUG clipsearch.test: no request")
 
 
-@pytest.mark.usefixtures("restore_logging")
 def test_libraries_that_log_every_http_call_are_quiet_above_debug() -> None:
     configure_logging("INFO")
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)

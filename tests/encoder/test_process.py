@@ -9,23 +9,13 @@ from pathlib import Path
 import pytest
 
 from clipsearch.processes import free_port, run
-from tests.processes import python_env, start
-
-
-def _environment(checkpoint: Path, port: int) -> dict[str, str]:
-    return python_env(
-        ENCODER_CHECKPOINT=str(checkpoint),
-        ENCODER_HOST="127.0.0.1",
-        ENCODER_PORT=str(port),
-        ENCODER_METRICS_PORT="0",
-        ENCODER_SHUTDOWN_GRACE_S="2",
-    )
+from tests.processes import encoder_env, start
 
 
 @pytest.mark.slow
 def test_sigterm_stops_the_server_gracefully(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
-    encoder = start("services.encoder", _environment(tiny_checkpoint, port), tmp_path / "encoder.log")
+    encoder = start("services.encoder", encoder_env(tiny_checkpoint, port), tmp_path / "encoder.log")
     try:
         encoder.wait_grpc_serving(f"127.0.0.1:{port}", "clipsearch.v1.Encoder", timeout_s=60)
         encoder.send_signal(signal.SIGTERM)
@@ -41,7 +31,7 @@ def test_missing_weights_exit_non_zero_naming_the_file(tiny_checkpoint: Path, tm
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_checkpoint, broken)
     (broken / "model.safetensors").unlink()
-    result = run("services.encoder", env=_environment(broken, free_port()), timeout_s=60)
+    result = run("services.encoder", env=encoder_env(broken, free_port()), timeout_s=60)
     assert result.returncode != 0
     assert "model.safetensors" in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,9 +4,7 @@ client sent), returns it, sends it to the encoder as metadata, and both log it."
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -26,16 +24,11 @@ API = "/api/v1"
 
 
 @pytest.fixture
-def debug_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+def debug_logs(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
     """Every record at DEBUG as JSON lines on stderr (the in-process encoder's too), as a service logs."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     configure_logging("DEBUG", "json")
     capsys.readouterr()
-    yield capsys
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+    return capsys
 
 
 def _records(err: str) -> list[dict[str, str]]:
