@@ -31,3 +31,19 @@ def encoder_env(checkpoint: Path, port: int, **variables: str) -> dict[str, str]
         ENCODER_TORCH_THREADS="1",
         **variables,
     )
+
+
+def gateway_env(
+    encoder_port: int, store_path: Path, media_dir: Path, http_port: int, **variables: str
+) -> dict[str, str]:
+    """A gateway on loopback over the tests' "digits" collection (gRPC on a free port)."""
+    return python_env(
+        GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
+        GATEWAY_STORE_PATH=str(store_path),
+        GATEWAY_MEDIA_DIR=str(media_dir),
+        GATEWAY_COLLECTION="digits",
+        GATEWAY_HOST="127.0.0.1",
+        GATEWAY_HTTP_PORT=str(http_port),
+        GATEWAY_GRPC_PORT=str(processes.free_port()),
+        **variables,
+    )

@@ -17,8 +17,8 @@ from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import running_grpc_server
-from tests.gateway.conftest import COLLECTION, Indexed, serving, settings_for
-from tests.processes import encoder_env, python_env, start
+from tests.gateway.conftest import Indexed, serving, settings_for
+from tests.processes import encoder_env, gateway_env, start
 
 API = "/api/v1"
 
@@ -115,14 +115,11 @@ def test_the_request_id_reaches_the_encoder_process_log(
     )
     gateway = start(
         "services.gateway",
-        python_env(
-            GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
-            GATEWAY_STORE_PATH=str(store),
-            GATEWAY_MEDIA_DIR=str(indexed.media_dir),
-            GATEWAY_COLLECTION=COLLECTION,
-            GATEWAY_HOST="127.0.0.1",
-            GATEWAY_HTTP_PORT=str(http_port),
-            GATEWAY_GRPC_PORT=str(free_port()),
+        gateway_env(
+            encoder_port,
+            store,
+            indexed.media_dir,
+            http_port,
             GATEWAY_LOG_LEVEL="debug",
             GATEWAY_LOG_FORMAT="json",
         ),

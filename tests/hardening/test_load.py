@@ -20,7 +20,7 @@ from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
 from tests.gateway.conftest import build_index, digit_png
-from tests.processes import encoder_env, python_env, start
+from tests.processes import encoder_env, gateway_env, start
 
 SOAK_SECONDS = float(os.environ.get("CLIPSEARCH_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 16
@@ -116,18 +116,15 @@ def test_soak_mixed_queries_against_the_full_stack(
         encoder_env(tiny_checkpoint, encoder_port, ENCODER_API_KEY=ENCODER_KEY),
         encoder_log,
     )
-    gateway_env = python_env(
-        GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
+    gateway_variables = gateway_env(
+        encoder_port,
+        indexed.store_path,
+        indexed.media_dir,
+        http_port,
         GATEWAY_ENCODER_API_KEY=ENCODER_KEY,
         GATEWAY_API_KEY=GATEWAY_KEY,
-        GATEWAY_STORE_PATH=str(indexed.store_path),
-        GATEWAY_MEDIA_DIR=str(indexed.media_dir),
-        GATEWAY_COLLECTION="digits",
-        GATEWAY_HOST="127.0.0.1",
-        GATEWAY_HTTP_PORT=str(http_port),
-        GATEWAY_GRPC_PORT=str(free_port()),
     )
-    gateway = start("services.gateway", gateway_env, gateway_log)
+    gateway = start("services.gateway", gateway_variables, gateway_log)
     url = f"http://127.0.0.1:{http_port}"
     try:
         encoder.wait_grpc_serving(f"127.0.0.1:{encoder_port}")
