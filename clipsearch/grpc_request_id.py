@@ -69,8 +69,8 @@ def _with_request_id(handler: Handler, method: str, request_id: str | None, *, e
 
     def end(context: Context, started: float, error: BaseException | None) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            code = context.code() if error is None or context.code() else None
-            outcome = getattr(code, "name", None) or ("OK" if error is None else type(error).__name__)
+            code = context.code()  # set by an abort; None when the handler returned
+            outcome = code.name if code is not None else "OK" if error is None else type(error).__name__
             log.debug("%s %s in %.1f ms", method, outcome, (time.perf_counter() - started) * 1000)
 
     behaviour: Any

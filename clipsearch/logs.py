@@ -21,6 +21,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 # Libraries that log every HTTP call they make at INFO (qdrant-client talks to a server through httpx).
 CHATTY_LOGGERS = ("httpx", "httpcore")
+# gRPC's event-loop bookkeeping: a DEBUG line for every call, which would bury ours.
+DEBUG_NOISE = ("grpc._cython.cygrpc",)
 
 HANDLER_NAME = "clipsearch"  # the handler configure_logging installs (and replaces when called again)
 REQUEST_ID_HEADER = "x-request-id"
@@ -124,3 +126,5 @@ def configure_logging(level: str | int = "INFO", log_format: LogFormat = "text")
     root.setLevel(numeric)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if numeric > logging.DEBUG else logging.NOTSET)
+    for name in DEBUG_NOISE:
+        logging.getLogger(name).setLevel(logging.INFO)

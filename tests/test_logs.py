@@ -65,6 +65,7 @@ def test_libraries_that_log_every_http_call_are_quiet_above_debug() -> None:
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
     configure_logging("DEBUG")
     assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("grpc._cython.cygrpc").isEnabledFor(logging.DEBUG)  # a line per call
 
 
 def test_an_unknown_level_is_refused_with_the_choices() -> None:
