@@ -2,6 +2,7 @@
 
 Every call has a deadline; UNAVAILABLE is retried with backoff, INVALID_ARGUMENT
 becomes EncoderInputError (the caller's fault), anything else EncoderUnavailable.
+Each call carries the current request id (`clipsearch.logs`) as metadata `x-request-id`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clipsearch.logs import REQUEST_ID_HEADER, current_request_id
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -81,6 +83,12 @@ class EncoderClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _call_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        request_id = current_request_id()
+        if request_id is None:
+            return self._metadata
+        return (*(self._metadata or ()), (REQUEST_ID_HEADER, request_id))
+
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         for attempt in range(self.retries + 1):
@@ -110,7 +118,7 @@ class EncoderClient:
     async def model_info(self) -> encoder_pb2.ModelInfo:
         return await self._call(
             lambda: self._stub.GetModelInfo(
-                encoder_pb2.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self._metadata
+                encoder_pb2.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self._call_metadata()
             )
         )
 
@@ -119,7 +127,7 @@ class EncoderClient:
             lambda: self._stub.EmbedText(
                 encoder_pb2.EmbedTextRequest(texts=list(texts)),
                 timeout=self.timeout_s,
-                metadata=self._metadata,
+                metadata=self._call_metadata(),
             )
         )
         return embeddings_to_array(reply.embeddings)
@@ -129,7 +137,7 @@ class EncoderClient:
             lambda: self._stub.EmbedImages(
                 encoder_pb2.EmbedImagesRequest(images=list(images)),
                 timeout=self.timeout_s,
-                metadata=self._metadata,
+                metadata=self._call_metadata(),
             )
         )
         return embeddings_to_array(reply.embeddings)
@@ -139,7 +147,7 @@ class EncoderClient:
             lambda: self._stub.EmbedSketches(
                 encoder_pb2.EmbedSketchesRequest(sketches=list(sketches)),
                 timeout=self.timeout_s,
-                metadata=self._metadata,
+                metadata=self._call_metadata(),
             )
         )
         return embeddings_to_array(reply.embeddings)
@@ -151,4 +159,4 @@ class EncoderClient:
 
         The caller owns retries of a broken stream (it knows which batches were answered).
         """
-        return self._stub.StreamEmbedImages(batches, timeout=timeout_s, metadata=self._metadata)
+        return self._stub.StreamEmbedImages(batches, timeout=timeout_s, metadata=self._call_metadata())
