@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.domain import mnist_pngs
-from bench.stack import TRAINED, free_port, start, stop, wait_for
+from bench.stack import TRAINED
 from clipsearch.encoder_client import EncoderClient
+from clipsearch.processes import Service, free_port, start
 
 TEXTS = [
     "seven",
@@ -60,7 +60,7 @@ LAYOUTS = ("one", "two")
 class Layout:
     """The running processes of one layout and where each model is served."""
 
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[Service] = field(default_factory=list)
     targets: dict[str, tuple[str, str]] = field(default_factory=dict)  # model -> (target, name to call)
 
     @property
@@ -69,7 +69,7 @@ class Layout:
 
     def stop(self) -> None:
         for process in self.processes:
-            stop(process)
+            process.stop()
 
 
 def proc_memory_kb(pid: int) -> dict[str, int]:
@@ -120,15 +120,16 @@ async def start_layout(
         for number, (extra, models_here) in enumerate(specs):
             port = free_port()
             log = workdir / f"encoder-{layout}-{number}.log"
-            process = start("services.encoder", {**environment(port, threads, onnx_cache), **extra}, log)
+            process = start(
+                "services.encoder", env={**environment(port, threads, onnx_cache), **extra}, log=log
+            )
             running.processes.append(process)
-            waiting.append((process, f"127.0.0.1:{port}", log))
+            waiting.append((process, f"127.0.0.1:{port}"))
             for model in models_here:
                 # A one-model process is called without a name, as before several models existed.
                 running.targets[model] = (f"127.0.0.1:{port}", model if layout == "one" else "")
-        for process, target, log in waiting:
-            async with EncoderClient(target) as client:
-                await wait_for(client.serving, process, "encoder", log)
+        for process, target in waiting:
+            await asyncio.to_thread(process.wait_grpc_serving, target)
     except BaseException:
         running.stop()
         raise

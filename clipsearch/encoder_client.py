@@ -3,6 +3,7 @@
 Every call has a deadline; UNAVAILABLE is retried with backoff, INVALID_ARGUMENT
 becomes EncoderInputError (the caller's fault), NOT_FOUND (the model named is not
 served there) EncoderModelNotFound, anything else EncoderUnavailable.
+Each call carries the current request id (`clipsearch.logs`) as metadata `x-request-id`.
 
 Every call may name its model (`model`: the name the encoder serves it under, or
 its fingerprint); an empty name means the encoder's only model, and is refused by
@@ -21,6 +22,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clipsearch.logs import REQUEST_ID_HEADER, current_request_id
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -119,6 +121,12 @@ class EncoderClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _call_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        request_id = current_request_id()
+        if request_id is None:
+            return self._metadata
+        return (*(self._metadata or ()), (REQUEST_ID_HEADER, request_id))
+
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         for attempt in range(self.retries + 1):
@@ -152,7 +160,9 @@ class EncoderClient:
     async def model_info(self, model: str = "") -> encoder_pb2.ModelInfo:
         return await self._call(
             lambda: self._stub.GetModelInfo(
-                encoder_pb2.GetModelInfoRequest(model=model), timeout=self.timeout_s, metadata=self._metadata
+                encoder_pb2.GetModelInfoRequest(model=model),
+                timeout=self.timeout_s,
+                metadata=self._call_metadata(),
             )
         )
 
@@ -160,7 +170,7 @@ class EncoderClient:
         """Every model the encoder serves (loaded), in its configured order."""
         reply = await self._call(
             lambda: self._stub.ListModels(
-                encoder_pb2.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata
+                encoder_pb2.ListModelsRequest(), timeout=self.timeout_s, metadata=self._call_metadata()
             )
         )
         return list(reply.models)
@@ -192,7 +202,7 @@ class EncoderClient:
         model: str,
         normalization: ImageNormalization,
     ) -> Awaitable[encoder_pb2.EmbedResponse]:
-        options = {"timeout": self.timeout_s, "metadata": self._metadata}
+        options = {"timeout": self.timeout_s, "metadata": self._call_metadata()}
         if kind == "text":
             texts = cast("list[str]", list(items))
             return self._stub.EmbedText(encoder_pb2.EmbedTextRequest(texts=texts, model=model), **options)
@@ -229,4 +239,4 @@ class EncoderClient:
         indexed images are embedded as they are. The caller owns retries of a broken stream (it
         knows which batches were answered).
         """
-        return self._stub.StreamEmbedImages(batches, timeout=timeout_s, metadata=self._metadata)
+        return self._stub.StreamEmbedImages(batches, timeout=timeout_s, metadata=self._call_metadata())

@@ -10,11 +10,13 @@ import io
 import warnings
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # annotations only: the indexer imports this module and must not need torch
+    import torch
 
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
 # larger ones before decoding keeps a hostile upload from eating the memory.

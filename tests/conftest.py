@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from clipsearch.logs import HANDLER_NAME
 from training.models import build_compact
 
 if TYPE_CHECKING:
@@ -29,6 +31,18 @@ def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ENCODER_ONNX_CACHE_DIR", None)
     else:
         os.environ["ENCODER_ONNX_CACHE_DIR"] = previous
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The root logger as it was after each test: tests call configure_logging, directly or through
+    a service's main, which replaces the handler and the level."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clipsearch.encoder_client import model_health_service
+from clipsearch.grpc_request_id import RequestIdInterceptor, ServerInterceptor
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.auth import ApiKeyInterceptor
 from services.encoder.metrics import EncoderMetrics, MetricsServer
@@ -61,7 +62,10 @@ class EncoderServer:
         settings = self.settings
         for name in (*HEALTH_NAMES, *(model_health_service(s.name) for s in settings.model_sources())):
             await self.health.set(name, NOT_SERVING)
-        interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        # The request id first: refused calls are logged with theirs too.
+        interceptors: list[ServerInterceptor] = [RequestIdInterceptor(issue=False)]
+        if settings.api_key:
+            interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[

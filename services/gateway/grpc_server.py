@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from clipsearch.grpc_request_id import RequestIdInterceptor
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import API_KEY_HEADER, key_matches
 from services.gateway.errors import GatewayError, QueryError, status_of
@@ -206,7 +207,9 @@ class GrpcGateway:
     def __init__(self, core: SearchCore, settings: GatewaySettings) -> None:
         self.core = core
         self.settings = settings
-        interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(issue=True)]
+        if settings.api_key:
+            interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

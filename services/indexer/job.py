@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from clipsearch.encoder_client import (
     EncoderClient,
@@ -26,6 +25,7 @@ from clipsearch.encoder_client import (
     EncoderUnavailable,
 )
 from clipsearch.media import MediaStore, media_key
+from clipsearch.progress import progress_bar
 from clipsearch.store import (
     CAPTION_VECTOR,
     IMAGE_VECTOR,
@@ -250,7 +250,7 @@ class IndexJob:
             deadline_s=self.settings.deadline_s,
             retries=self.settings.retries,
         )
-        progress = tqdm(
+        progress = progress_bar(
             total=len(todo),
             unit="img",
             desc=f"indexing {source.kind}",

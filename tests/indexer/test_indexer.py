@@ -64,6 +64,7 @@ async def test_both_splits_are_indexed(make_settings: MakeSettings, mnist_files:
     assert (report.indexed, report.count) == (64, 64)
 
 
+@pytest.mark.slow
 async def test_rerunning_gives_the_same_ids_and_no_duplicates(
     make_settings: MakeSettings, mnist_files: Path
 ) -> None:
