@@ -39,6 +39,10 @@ class Unavailable(GatewayError):
     """A dependency (encoder, store, collection) is down or not ready; retry later."""
 
 
+class VersionGone(Unavailable):
+    """The collection version a query was resolved to was dropped (a newer one replaced it)."""
+
+
 @dataclass(frozen=True)
 class Status:
     http: int

@@ -25,7 +25,9 @@ from services.gateway.deps import API_KEY_HEADER, key_matches
 from services.gateway.errors import GatewayError, QueryError, status_of
 from services.gateway.schemas import (
     ClassifyQuery,
+    ImageOptions,
     MixedQuery,
+    Normalization,
     QueryPart,
     SearchOptions,
     SearchResponse,
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+NORMALIZATIONS: dict[int, Normalization] = {
+    search_pb2.NORMALIZATION_AUTO: "auto",
+    search_pb2.NORMALIZATION_OFF: "off",
+}
 TARGETS: dict[int, Target] = {
     search_pb2.TARGET_UNSPECIFIED: "images",
     search_pb2.TARGET_IMAGES: "images",
@@ -90,7 +96,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            return _search_reply(await self.core.search_image(request.image, _options(request.options)))
+            normalization = NORMALIZATIONS.get(request.normalization)
+            if normalization is None:
+                raise QueryError(f"unknown normalization {request.normalization}")
+            options = ImageOptions(**_options(request.options).model_dump(), normalization=normalization)
+            return _search_reply(await self.core.search_image(request.image, options))
 
         return await self._answer("SearchImage", context, run)
 
@@ -98,7 +108,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            options = _options(request.options)
+            options = ImageOptions(**_options(request.options).model_dump())
             return _search_reply(await self.core.search_image(request.image, options, sketch=True))
 
         return await self._answer("SearchSketch", context, run)
@@ -125,6 +135,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 labels=list(request.labels),
                 templates=list(request.templates),
                 temperature=request.temperature or None,
+                collection=request.collection,
             )
             result = await self.core.classify(request.image if which == "image" else request.sketch, query)
             return search_pb2.ClassifyResponse(
@@ -137,6 +148,34 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
         return await self._answer("Classify", context, run)
 
+    async def ListCollections(
+        self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListCollectionsResponse:
+        async def run() -> search_pb2.ListCollectionsResponse:
+            listed = await self.core.list_collections()
+            return search_pb2.ListCollectionsResponse(
+                collections=[
+                    search_pb2.CollectionInfo(
+                        name=c.name,
+                        model=c.model or "",
+                        fingerprint=c.fingerprint,
+                        points=c.points,
+                        vectors=c.vectors,
+                        filter_fields={
+                            field: search_pb2.FieldValues(values=[str(v) for v in values or []])
+                            for field, values in c.filter_fields.items()
+                        },
+                        sketch_normalization=c.sketch_normalization or "",
+                        ready=c.ready,
+                        problem=c.problem or "",
+                    )
+                    for c in listed.collections
+                ],
+                default_collection=listed.default_collection,
+            )
+
+        return await self._answer("ListCollections", context, run)
+
 
 def _search_reply(result: SearchResponse) -> search_pb2.SearchResponse:
     hits = []
@@ -147,7 +186,11 @@ def _search_reply(result: SearchResponse) -> search_pb2.SearchResponse:
             search_pb2.Hit(id=hit.id, score=hit.score, payload=payload, image_url=hit.image_url or "")
         )
     return search_pb2.SearchResponse(
-        hits=hits, took_ms=result.took_ms, model=result.model, collection=result.collection
+        hits=hits,
+        took_ms=result.took_ms,
+        model=result.model,
+        collection=result.collection,
+        normalization=result.normalization or "",
     )
 
 
@@ -161,7 +204,13 @@ def _options(options: search_pb2.QueryOptions) -> SearchOptions:
             query_filter = json_format.MessageToDict(options.filter)
         except ValueError:  # NaN or infinity in a Struct number
             raise QueryError("filter values must be finite numbers, strings or lists of them") from None
-    return SearchOptions(k=options.k or DEFAULT_K, offset=options.offset, filter=query_filter, target=target)
+    return SearchOptions(
+        k=options.k or DEFAULT_K,
+        offset=options.offset,
+        filter=query_filter,
+        target=target,
+        collection=options.collection,
+    )
 
 
 def _part(part: search_pb2.QueryPart, position: int) -> QueryPart:

@@ -222,6 +222,7 @@ class IndexJob:
             fingerprint=fingerprint,
             vector_names=vector_names,
             source=source.identity,
+            extra=source.manifest(model_name=self.info.name),
         )
         return report.collection, report
 
