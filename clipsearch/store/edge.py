@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
@@ -75,6 +75,21 @@ class EdgeTuning:
     # queries at once; more threads only help with many segments and idle cores (an exact search of
     # 10k vectors: 0.28 ms on one thread, 0.36 ms wall and 0.52 ms CPU on two).
     max_search_threads: int | None = 1
+    # int8 scalar quantization: a copy of each vector in a quarter of the bytes, kept in RAM, that the
+    # graph walk scores with; the best `k * oversampling` candidates are then rescored with the
+    # original vectors. None: no quantized copy.
+    quantization: Literal["int8"] | None = None
+    quantile: float | None = None  # the int8 range covers this quantile of values (None: Qdrant's)
+    oversampling: float | None = None  # search: None is Qdrant's default (1.0)
+    rescore: bool = True
+    # Where the original vectors live: None keeps Edge's default (in RAM); "cold" leaves them in
+    # their files (memory-mapped, read on demand: the page cache holds what searches touch).
+    vectors_memory: Literal["cold", "cached"] | None = None
+
+    @classmethod
+    def for_size(cls, points: int) -> EdgeTuning:
+        """The measured best settings for a collection of about `points` vectors."""
+        return cls()
 
     def edge_config(self, dim: int, vector_names: Sequence[str]) -> qe.EdgeConfig:
         hnsw = qe.HnswIndexConfig(
@@ -89,13 +104,34 @@ class EdgeTuning:
             indexing_threshold=self.indexing_threshold_kb,
             max_segment_size=self.max_segment_size_kb,
         )
-        vectors = {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in vector_names}
+        memory = _MEMORY[self.vectors_memory] if self.vectors_memory else None
+        vectors = {
+            name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=memory)
+            for name in vector_names
+        }
+        quantization = (
+            qe.ScalarQuantizationConfig(
+                type=qe.ScalarType.Int8, quantile=self.quantile, memory=qe.Memory.Pinned
+            )
+            if self.quantization == "int8"
+            else None
+        )
         return qe.EdgeConfig(
             vectors=vectors,
             hnsw_config=hnsw,
+            quantization_config=quantization,
             optimizers=optimizers,
             max_search_threads=self.max_search_threads,
         )
+
+    def search_params(self, limit: int) -> qe.SearchParams:
+        # The quantization parameters go with every search, whatever this store's build settings: a
+        # gateway searches versions an indexer built (quantized or not: Edge ignores them where not).
+        quantization = qe.QuantizationSearchParams(rescore=self.rescore, oversampling=self.oversampling)
+        return qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), quantization=quantization)
+
+
+_MEMORY = {"cold": qe.Memory.Cold, "cached": qe.Memory.Cached}
 
 
 def _payload_schema(kind: type) -> qe.PayloadSchemaType:
@@ -314,7 +350,7 @@ class EdgeStore(VersionedStore):
             query=qe.Query.Nearest(_as_list(query), using=using),
             filter=condition,
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=max(self.tuning.hnsw_ef, k + offset)),
+            params=self.tuning.search_params(k + offset),
         )
         try:
             found = self._shard(name).query(request)

@@ -22,6 +22,7 @@ def open_store(
     backend: str = "edge",
     layout: ClusterLayout | None = None,
     tuning: EdgeTuning | None = None,
+    expected_points: int | None = None,
 ) -> VectorStore:
     """A Qdrant server by URL (gRPC preferred), else the embedded store in `path`.
 
@@ -30,7 +31,8 @@ def open_store(
     `backend="local"` asks for one (brute force in Python; kept for comparison).
     Raises StoreUnavailable when the embedded store is held by another process.
     `layout` sets shards, replication and write consistency of new versions on a server;
-    `tuning` the HNSW and optimiser settings of new Edge versions.
+    `tuning` the HNSW and optimiser settings of new Edge versions; without it, `expected_points`
+    (the size of the collection about to be built) picks them (`EdgeTuning.for_size`).
     """
     if url:
         return open_qdrant(url, None, api_key, layout=layout)
@@ -40,7 +42,9 @@ def open_store(
     if backend not in BACKENDS:
         raise StoreError(f"unknown embedded store backend {backend!r}: use 'edge' or 'local'")
     if backend == "edge" and not (path / "meta.json").exists():  # meta.json: an existing local-mode store
-        from clipsearch.store.edge import EdgeStore  # here: qdrant_edge loads only when it is used
+        from clipsearch.store.edge import EdgeStore, EdgeTuning  # here: qdrant_edge loads only when used
 
+        if tuning is None and expected_points is not None:
+            tuning = EdgeTuning.for_size(expected_points)
         return EdgeStore(path, tuning=tuning)
     return open_qdrant(None, path)

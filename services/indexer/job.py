@@ -363,15 +363,18 @@ async def run_index(
     *,
     stop_after_batches: int | None = None,
     store: VectorStore | None = None,
+    source: Source | None = None,
 ) -> IndexReport:
     """One run with `settings`; raises IndexerError (or a StoreError/EncoderError) with a user message.
 
     `store`: an open store to write to (left open), instead of opening the configured one.
+    `source`: the items to index instead of the configured source (bench.indexer_scale generates them).
     """
-    try:
-        source = open_source(settings)
-    except SourceError as exc:
-        raise IndexerError(str(exc)) from None
+    if source is None:
+        try:
+            source = open_source(settings)
+        except SourceError as exc:
+            raise IndexerError(str(exc)) from None
     client = EncoderClient(
         settings.encoder,
         timeout_s=settings.deadline_s,
@@ -399,6 +402,7 @@ async def run_index(
                     replication_factor=settings.qdrant_replication_factor,
                     write_consistency_factor=settings.qdrant_write_consistency_factor,
                 ),
+                expected_points=len(source.items),  # the embedded store's settings by collection size
             )
         try:
             job = IndexJob(settings, store, client, info, stop_after_batches=stop_after_batches)
