@@ -190,7 +190,9 @@ class Build:
     backend: str
     load_s: float  # upserts
     index_s: float  # publishing: HNSW graphs, quantization, segment merges
-    peak_rss_mb: float  # the building process's peak
+    cpu_s: float  # CPU seconds of the whole build (every thread)
+    load_peak_mb: float  # the building process's peak by the end of the upserts
+    peak_rss_mb: float  # ... and by the end of the build
     serve_rss_mb: float  # a fresh process that opened the store and searched
     serve_anon_mb: float
     disk_mb: float
@@ -263,14 +265,15 @@ def _status_kib(pid: int | str = "self") -> dict[str, int]:
 
 
 def _disk_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    """Allocated bytes (du), not apparent sizes: the WAL's files are preallocated and sparse."""
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
 
 def child_build(spec: dict[str, Any]) -> dict[str, Any]:
     embedded = Embedded(Path(spec["directory"]), [Path(f) for f in spec["files"]], spec["count"], spec["dim"])
     labels = np.load(spec["labels"])
     store = EdgeStore(spec["root"], tuning=EdgeTuning(**spec["tuning"]))
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), _cpu_s()
     name = store.create_version(
         ALIAS, dim=embedded.dim, fingerprint="bench", vector_names=[IMAGE_VECTOR], source="bench"
     )
@@ -288,16 +291,26 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
                 for i in range(start, stop)
             ],
         )
-    loaded = time.perf_counter()
+    loaded, loaded_cpu, loaded_peak = time.perf_counter(), _cpu_s(), _status_kib()["VmHWM"]
     store.finish_version(ALIAS, name, keep=1)
     indexed = time.perf_counter()
     store.close()
     return {
         "load_s": loaded - started,
         "index_s": indexed - loaded,
+        "load_cpu_s": loaded_cpu - started_cpu,
+        "index_cpu_s": _cpu_s() - loaded_cpu,
+        "load_peak_kib": loaded_peak,
         "peak_rss_kib": _status_kib()["VmHWM"],
         "disk_bytes": _disk_bytes(Path(spec["root"])),
     }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread (user + system): on a machine shared with other
+    jobs, wall time depends on them and CPU time much less."""
+    times = os.times()
+    return times.user + times.system
 
 
 def child_serve(spec: dict[str, Any]) -> dict[str, Any]:
@@ -397,8 +410,8 @@ def edge_rows(
         work,
     )
     print(
-        f"{label}: {n} points loaded in {built['load_s']:.0f} s, indexed in {built['index_s']:.0f} s "
-        f"(load average {os.getloadavg()[0]:.1f})",
+        f"{label}: {n} points loaded in {built['load_s']:.0f} s, indexed in {built['index_s']:.0f} s, "
+        f"{built['load_cpu_s'] + built['index_cpu_s']:.0f} CPU s (load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
     query_files = {}
@@ -433,6 +446,8 @@ def edge_rows(
         label,
         built["load_s"],
         built["index_s"],
+        built["load_cpu_s"] + built["index_cpu_s"],
+        built["load_peak_kib"] / 1024,
         built["peak_rss_kib"] / 1024,
         served["rss_kib"] / 1024,
         served["anon_kib"] / 1024,
@@ -488,13 +503,14 @@ def local_rows(data: Dataset, n: int, queries: int, work: Path) -> list[Row]:
 
 def print_builds(builds: list[Build]) -> None:
     print(
-        f"{'points':>8} {'configuration':<44} {'load s':>7} {'index s':>7} {'build s':>7} "
-        f"{'peak RSS MB':>11} {'serve RSS MB':>12} {'(anon)':>7} {'disk MB':>8}"
+        f"{'points':>8} {'configuration':<40} {'load s':>6} {'index s':>7} {'build s':>7} {'CPU s':>6} "
+        f"{'peak RSS MB (load)':>18} {'serve RSS MB':>12} {'(anon)':>6} {'disk MB':>7}"
     )
     for b in builds:
         print(
-            f"{b.size:>8} {b.backend:<44} {b.load_s:>7.0f} {b.index_s:>7.0f} {b.load_s + b.index_s:>7.0f} "
-            f"{b.peak_rss_mb:>11.0f} {b.serve_rss_mb:>12.0f} {b.serve_anon_mb:>7.0f} {b.disk_mb:>8.0f}"
+            f"{b.size:>8} {b.backend:<40} {b.load_s:>6.0f} {b.index_s:>7.0f} {b.load_s + b.index_s:>7.0f} "
+            f"{b.cpu_s:>6.0f} {b.peak_rss_mb:>11.0f} ({b.load_peak_mb:>4.0f}) {b.serve_rss_mb:>12.0f} "
+            f"{b.serve_anon_mb:>6.0f} {b.disk_mb:>7.0f}"
         )
 
 
@@ -528,6 +544,9 @@ def tuning_for(args: argparse.Namespace, size: int) -> EdgeTuning:
         ("quantization", args.quantization),
         ("vectors_memory", args.vectors_memory),
         ("default_segment_number", args.segments),
+        ("segment_points", args.segment_points),
+        ("max_search_threads", args.search_threads),
+        ("quantile", args.quantile),
         ("full_scan_threshold_kb", args.full_scan_kb),
         ("indexing_threshold_kb", args.indexing_threshold_kb),
         ("max_indexing_threads", args.indexing_threads),
@@ -550,11 +569,17 @@ def searches_for(args: argparse.Namespace, tuning: EdgeTuning) -> list[dict[str,
 def describe_tuning(tuning: EdgeTuning) -> str:
     parts = [f"m={tuning.m}", f"efc={tuning.ef_construct}"]
     if tuning.quantization:
-        parts.append(tuning.quantization)
+        parts.append(tuning.quantization + (f" q{tuning.quantile}" if tuning.quantile else ""))
     if tuning.vectors_memory:
         parts.append(f"vectors {tuning.vectors_memory}")
     if tuning.default_segment_number != 1:
         parts.append(f"{tuning.default_segment_number} seg")
+    if tuning.segment_points:
+        parts.append(f"seg {tuning.segment_points // 1000}k")
+    if tuning.max_search_threads != 1:
+        parts.append(f"{tuning.max_search_threads} threads")
+    if tuning.full_scan_threshold_kb != EdgeTuning().full_scan_threshold_kb:
+        parts.append(f"fullscan {tuning.full_scan_threshold_kb}kb")
     return "edge " + " ".join(parts)
 
 
@@ -596,7 +621,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--oversampling", type=float, nargs="+", help="quantized: oversampling values to try")
     parser.add_argument("--quantization", choices=["int8", "none"])
     parser.add_argument("--vectors-memory", choices=["cold", "cached", "none"])
-    parser.add_argument("--segments", type=int)
+    parser.add_argument("--segments", type=int, help="default_segment_number")
+    parser.add_argument("--segment-points", type=int, help="index in segments of this many points")
+    parser.add_argument("--search-threads", type=int)
+    parser.add_argument("--quantile", type=float)
     parser.add_argument("--full-scan-kb", type=int)
     parser.add_argument("--indexing-threshold-kb", type=int)
     parser.add_argument("--indexing-threads", type=int)

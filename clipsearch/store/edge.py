@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import threading
@@ -85,6 +86,10 @@ class EdgeTuning:
     # Where the original vectors live: None keeps Edge's default (in RAM); "cold" leaves them in
     # their files (memory-mapped, read on demand: the page cache holds what searches touch).
     vectors_memory: Literal["cold", "cached"] | None = None
+    # Grow a collection in segments of about this many points, each indexed by the upsert that fills
+    # it, instead of one segment indexed when the version is published: the build's memory is then
+    # bounded by one segment, and publishing indexes only the last. None: one segment, built at the end.
+    segment_points: int | None = None
 
     @classmethod
     def for_size(cls, points: int) -> EdgeTuning:
@@ -99,10 +104,14 @@ class EdgeTuning:
             max_indexing_threads=self.max_indexing_threads,
             payload_m=self.payload_m,
         )
+        max_segment_kb = self.max_segment_size_kb
+        if self.segment_points is not None and max_segment_kb is None:
+            # Room for a full segment and a batch more, not for two: segments are never merged.
+            max_segment_kb = math.ceil(self.segment_points * 1.25 * dim * 4 * len(vector_names) / 1024)
         optimizers = qe.EdgeOptimizersConfig(
             default_segment_number=self.default_segment_number,
             indexing_threshold=self.indexing_threshold_kb,
-            max_segment_size=self.max_segment_size_kb,
+            max_segment_size=max_segment_kb,
         )
         memory = _MEMORY[self.vectors_memory] if self.vectors_memory else None
         vectors = {
@@ -174,6 +183,7 @@ class EdgeStore(VersionedStore):
         self.tuning = tuning or EdgeTuning()
         self._guard = threading.RLock()
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._unindexed: dict[str, int] = {}  # points upserted since the last segment was indexed
         self._closed = False
         try:
             (self.root / COLLECTIONS_DIR).mkdir(parents=True, exist_ok=True)
@@ -386,8 +396,19 @@ class EdgeStore(VersionedStore):
                     for point in points[start : start + _UPSERT_BATCH]
                 ]
                 shard.update(qe.UpdateOperation.upsert_points(batch))
+            self._index_full_segment(collection, shard, len(points))
         except Exception as exc:
             raise StoreError(f"upsert into {collection!r} failed: {exc}") from exc
+
+    def _index_full_segment(self, collection: str, shard: qe.EdgeShard, added: int) -> None:
+        if self.tuning.segment_points is None:
+            return
+        with self._guard:
+            pending = self._unindexed.get(collection, 0) + added
+            if pending >= self.tuning.segment_points:
+                shard.optimize()  # indexes the full segment; later points go to a new one
+                pending = 0
+            self._unindexed[collection] = pending
 
     def delete(self, collection: str, ids: Iterable[str]) -> None:
         wanted: list[qe.PointId] = list(ids)
