@@ -277,8 +277,8 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
     name = store.create_version(
         ALIAS, dim=embedded.dim, fingerprint="bench", vector_names=[IMAGE_VECTOR], source="bench"
     )
-    for start in range(0, embedded.count, 8192):
-        stop = min(start + 8192, embedded.count)
+    for start in range(0, embedded.count, 1024):  # batches of the indexer's order of size
+        stop = min(start + 1024, embedded.count)
         vectors = embedded.read(start, stop)
         store.upsert(
             name,

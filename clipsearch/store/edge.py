@@ -106,8 +106,9 @@ class EdgeTuning:
         )
         max_segment_kb = self.max_segment_size_kb
         if self.segment_points is not None and max_segment_kb is None:
-            # Room for a full segment and a batch more, not for two: segments are never merged.
-            max_segment_kb = math.ceil(self.segment_points * 1.25 * dim * 4 * len(vector_names) / 1024)
+            # Room for a full segment and a batch more, not for a full one and another's remainder:
+            # the optimiser would merge them into one and build its graph again.
+            max_segment_kb = math.ceil(self.segment_points * 1.01 * dim * 4 * len(vector_names) / 1024)
         optimizers = qe.EdgeOptimizersConfig(
             default_segment_number=self.default_segment_number,
             indexing_threshold=self.indexing_threshold_kb,
@@ -407,6 +408,7 @@ class EdgeStore(VersionedStore):
             pending = self._unindexed.get(collection, 0) + added
             if pending >= self.tuning.segment_points:
                 shard.optimize()  # indexes the full segment; later points go to a new one
+                shard.flush()  # so the write-ahead log of the indexed points can be truncated
                 pending = 0
             self._unindexed[collection] = pending
 
