@@ -70,6 +70,10 @@ class PairData:
     class_names: list[str] = field(default_factory=list)
     numerals: bool = False  # class i may also be written as the numeral "i" (digits)
     skipped: list[str] = field(default_factory=list)  # what was left out, and why
+    styles: list[str] | None = None  # drawing style per image (emoji)
+    class_captions: list[list[str]] | None = None  # per class: captions to sample from (else templates)
+    prompt_templates: list[str] | None = None  # zero-shot prompts for the checkpoint (else the defaults)
+    white_background: bool = False  # pictures on white: augmentation fills with white
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -81,6 +85,10 @@ class PairData:
             captions=None if self.captions is None else [self.captions[int(i)] for i in indices],
             class_names=self.class_names,
             numerals=self.numerals,
+            styles=None if self.styles is None else [self.styles[int(i)] for i in indices],
+            class_captions=self.class_captions,
+            prompt_templates=self.prompt_templates,
+            white_background=self.white_background,
         )
 
 
@@ -118,7 +126,9 @@ def sample_captions(data: PairData, indices: torch.Tensor, generator: torch.Gene
     if data.captions is not None:
         return [data.captions[int(i)] for i in indices]
     assert data.labels is not None
-    options = [all_captions(data.class_names, data.numerals, label) for label in range(len(data.class_names))]
+    options = data.class_captions or [
+        all_captions(data.class_names, data.numerals, label) for label in range(len(data.class_names))
+    ]
     picks = torch.randint(0, 1 << 30, (len(indices),), generator=generator)
     return [
         options[int(label)][int(pick) % len(options[int(label)])]
@@ -233,6 +243,11 @@ def folder_pairs(root: Path, processor: Any, *, strict: bool = False, limit: int
 
 def load_pairs(config: DataConfig, processor: Any, split_name: str = "train") -> PairData:
     """The configured source as PairData (MNIST picks its train or test split)."""
+    if config.kind == "emoji":
+        from training.emoji import emoji_pairs
+
+        pairs: PairData = emoji_pairs(config, processor)
+        return pairs
     if config.kind == "mnist":
         return mnist_pairs(
             config.resolved_mnist_dir(), split_name, processor, download=config.download, limit=config.limit
@@ -244,11 +259,17 @@ def load_pairs(config: DataConfig, processor: Any, split_name: str = "train") ->
     return folder_pairs(config.image_folder, processor, strict=config.strict, limit=config.limit)
 
 
-def background_fill(processor: Any) -> torch.Tensor:
-    """What a black pixel becomes after normalisation: the fill for pixels shifted in from outside."""
+def normalisation(processor: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processor's per-channel mean and std, shaped (1, 3, 1, 1)."""
     mean = torch.tensor(getattr(processor, "image_mean", [0.0, 0.0, 0.0]), dtype=torch.float32)
     std = torch.tensor(getattr(processor, "image_std", [1.0, 1.0, 1.0]), dtype=torch.float32)
-    return (-mean / std).view(1, -1, 1, 1)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+def background_fill(processor: Any, white: bool = False) -> torch.Tensor:
+    """What a black (or white) pixel becomes after normalisation: the fill for pixels shifted in."""
+    mean, std = normalisation(processor)
+    return ((1.0 if white else 0.0) - mean) / std
 
 
 def augment(
