@@ -528,7 +528,9 @@ def _render_svg(svg: bytes, pixels: int) -> bytes:
     return png
 
 
-def download_emoji(directory: Path, *, registry: str = NPM_REGISTRY) -> None:
+def download_emoji(
+    directory: Path, *, registry: str = NPM_REGISTRY, packages: dict[str, NpmPackage] | None = None
+) -> None:
     """Build the emoji collection in `directory` from the pinned upstream npm packages.
 
     Concepts: every emojibase emoji (no skin-tone variants, no components) that Google, Twitter and
@@ -536,7 +538,8 @@ def download_emoji(directory: Path, *, registry: str = NPM_REGISTRY) -> None:
     """
     directory = Path(directory)
     cache = directory / ".downloads"
-    tarballs = {key: fetch_npm_tarball(package, cache, registry) for key, package in EMOJI_PACKAGES.items()}
+    pinned = packages or EMOJI_PACKAGES
+    tarballs = {key: fetch_npm_tarball(pinned[key], cache, registry) for key in EMOJI_PACKAGES}
     names = _tar_members(
         tarballs["names"],
         lambda n: (
@@ -560,11 +563,10 @@ def download_emoji(directory: Path, *, registry: str = NPM_REGISTRY) -> None:
     raster: dict[str, dict[str, bytes]] = {}
     licences: dict[str, bytes] = {"emojibase-MIT.txt": names["LICENSE"]}
     for style in ("google", "twitter"):
+        prefix = f"img/{style}/64/"
         files = _tar_members(
             tarballs[style],
-            lambda n, style=style: (
-                n.startswith(f"img/{style}/64/") or n in {"emoji.json", "LICENSE", "README.md"}
-            ),
+            lambda n: n.startswith(prefix) or n in {"emoji.json", "LICENSE", "README.md"},  # noqa: B023
         )
         index: dict[str, str] = {}
         for entry in json.loads(files["emoji.json"]):
@@ -578,9 +580,12 @@ def download_emoji(directory: Path, *, registry: str = NPM_REGISTRY) -> None:
         }
         licences["emoji-datasource-MIT.txt"] = files["LICENSE"]
         readme = files["README.md"].decode("utf-8").splitlines()
-        licences["images-google-twitter.txt"] = "\n".join(
-            line for line in readme if line.startswith(("* Android/Google", "* Twitter images"))
-        ).encode() + b"\n"
+        licences["images-google-twitter.txt"] = (
+            "\n".join(
+                line for line in readme if line.startswith(("* Android/Google", "* Twitter images"))
+            ).encode()
+            + b"\n"
+        )
     openmoji = _tar_members(
         tarballs["openmoji"],
         lambda n: n.startswith(("color/svg/", "black/svg/")) or n == "LICENSE.txt",

@@ -155,9 +155,14 @@ def cross_style_batches(
     out = []
     for _ in range(batches):
         if len(queue) < per_batch:
+            # A pass ends: its last concepts first, then a new shuffled pass (no concept twice a batch).
             order = usable[:]
             rng.shuffle(order)
-            queue += order
+            queue = (
+                queue
+                + [label for label in order if label not in queue]
+                + [label for label in order if label in queue]
+            )
         chosen, queue = queue[:per_batch], queue[per_batch:]
         first, second = [], []
         for label in chosen:

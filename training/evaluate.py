@@ -2,10 +2,13 @@
 
     python -m training.evaluate CHECKPOINT [--baseline CHECKPOINT] [--mnist-dir DIR]
     python -m training.evaluate CHECKPOINT --captions pairs.csv | --image-folder DIR
+    python -m training.evaluate CHECKPOINT --emoji-dir DIR [--baseline CHECKPOINT-init]
 
 Metrics: zero-shot accuracy with prompt ensembles, text->image and image->text
 Recall@1/5/10, and precision@10 of text queries in several phrasings per class,
-including free-form ones that are not training templates.
+including free-form ones that are not training templates. On the emoji (training/emoji_eval.py):
+unseen concepts, an unseen style, line art -> colour, image -> caption over all labels, and the
+served model's label, keyword and free-form queries.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
 from training.data import PairData, all_captions, load_pairs
+from training.emoji_eval import (
+    EmojiSplit,
+    check_emoji_data,
+    draw_emoji,
+    emoji_metric_rows,
+    emoji_metrics,
+    load_emoji_eval,
+)
 from training.metrics import class_prototypes, precision_at_k, recall_at_k, top_k, zero_shot_accuracy
 from training.queries import query_set
 
@@ -186,6 +197,8 @@ def _fmt(value: Any) -> str:
 
 
 def metric_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    if "emoji" in metrics:
+        return emoji_metric_rows(metrics["emoji"])
     rows: dict[str, Any] = {}
     if "zero_shot_accuracy" in metrics:
         rows["zero-shot accuracy (prompt ensemble)"] = metrics["zero_shot_accuracy"]
@@ -210,6 +223,22 @@ def describe_vision(vision: Any) -> str:
     )
 
 
+def evaluation_scope(metrics: dict[str, Any]) -> str:
+    if "emoji" in metrics:
+        split = metrics["emoji"]["split"]
+        return (
+            f"On all {metrics['images']} emoji images (`python -m training.evaluate --emoji-dir`), "
+            f"{metrics['emoji']['concepts']} concepts; trained on styles {', '.join(split['trained_styles'])}, "
+            f"{split['heldout_concepts']} concepts held out (fraction {split['holdout_fraction']}, seed "
+            f"{split['holdout_seed']}). Relevance: the same concept (keyword and free-form queries: an "
+            "accepted concept)."
+        )
+    return (
+        f"On {metrics['images']} held-out images (`python -m training.evaluate`); retrieval "
+        f"relevance: {metrics['retrieval_relevance']}."
+    )
+
+
 def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: list[str], out: Path) -> str:
     config = checkpoint.model.config
     vision = config.vision_config
@@ -226,8 +255,7 @@ def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: l
         "",
         "## Evaluation",
         "",
-        f"On {report['checkpoint']['images']} held-out images (`python -m training.evaluate`); retrieval "
-        f"relevance: {report['checkpoint']['retrieval_relevance']}.",
+        evaluation_scope(report["checkpoint"]),
         "",
         "| metric | " + ("baseline | " if baseline else "") + "this model |",
         "|---|" + ("---|" if baseline else "") + "---|",
@@ -275,6 +303,8 @@ def run(
     text_runtime: str = TextRuntime.TORCH,
 ) -> dict[str, Any]:
     checkpoint = load_checkpoint(checkpoint_path, device=device)
+    if data_config.kind == "emoji":
+        return run_emoji(checkpoint, baseline_path, data_config, out, device, text_runtime)
     runs: list[Evaluated] = []
     report: dict[str, Any] = {}
     if baseline_path:
@@ -297,6 +327,46 @@ def run(
     return report
 
 
+def run_emoji(
+    checkpoint: LoadedCheckpoint,
+    baseline_path: str | None,
+    data_config: DataConfig,
+    out: Path | None,
+    device: str | None,
+    text_runtime: str,
+) -> dict[str, Any]:
+    """The emoji report: both models measured on the split the trained checkpoint was trained with."""
+    data = load_emoji_eval(data_config, checkpoint.meta.sketch_normalization)
+    check_emoji_data(data)
+    split = EmojiSplit.of_checkpoint(checkpoint.path, data.concept_ids, data_config)
+    checkpoints = [("checkpoint", checkpoint)]
+    if baseline_path:
+        checkpoints.insert(0, ("baseline", load_checkpoint(baseline_path, device=device)))
+    report: dict[str, Any] = {}
+    runs = []
+    for role, loaded in checkpoints:
+        embedder = Embedder.from_checkpoint(loaded, text_runtime=text_runtime)
+        emoji, images, labels = emoji_metrics(embedder, loaded, data, split)
+        report[role] = {
+            "checkpoint": str(loaded.path),
+            "fingerprint": loaded.fingerprint,
+            "images": len(data.images),
+            "text_runtime": embedder.text_runtime.value,
+            "skipped": data.problems,
+            "emoji": emoji,
+        }
+        runs.append(
+            (f"{role if role == 'baseline' else 'trained'}: {loaded.path.name}", images, labels, embedder)
+        )
+    out = out or checkpoint.path / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = draw_emoji(out, runs, data)
+    report["pictures"] = pictures
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (checkpoint.path / "README.md").write_text(model_card(checkpoint, report, pictures, out))
+    return report
+
+
 def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog="python -m training.evaluate",
@@ -311,6 +381,15 @@ def parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
     source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
+    source.add_argument(
+        "--emoji-dir", type=Path, help="the emoji collection (default with --emoji: $EMOJI_DIR)"
+    )
+    parse.add_argument("--emoji", action="store_true", help="evaluate on the emoji collection ($EMOJI_DIR)")
+    parse.add_argument(
+        "--holdout-fraction",
+        type=float,
+        help="emoji concepts to treat as unseen (default: what the checkpoint's training record says)",
+    )
     parse.add_argument("--download-mnist", action="store_true")
     parse.add_argument("--limit", type=int, help="evaluate on the first N examples only")
     parse.add_argument("--out", type=Path, help="where metrics.json and PNGs go (default: CHECKPOINT/eval)")
@@ -327,12 +406,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kind: Literal["mnist", "captions", "folders"] = (
+    kind: Literal["mnist", "captions", "folders", "emoji"] = (
         "captions" if args.captions else "folders" if args.image_folder else "mnist"
     )
+    if args.emoji_dir or args.emoji:
+        kind = "emoji"
     try:
         data_config = DataConfig(
             kind=kind,
+            emoji_dir=args.emoji_dir,
+            holdout_fraction=args.holdout_fraction or 0.0,
             mnist_dir=args.mnist_dir,
             captions_csv=args.captions,
             image_folder=args.image_folder,
