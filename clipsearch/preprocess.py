@@ -183,6 +183,10 @@ def _line_art_normalize(drawing: Image.Image) -> Image.Image:
     # scales the line art itself, so a drawing and the line art meet the model the same way.
     crop, _ = _cropped_ink(drawing)
     crop = _match_stroke(crop, LINE_ART_BOX, LINE_ART_STROKE_PX)
+    box = crop.getbbox()  # thinning moved the outer edges in: crop to the ink again
+    if box is None:
+        raise ImageInputError("sketch is empty: no strokes found")
+    crop = crop.crop(box)
     scale = LINE_ART_BOX / max(crop.size)
     new_size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
     small = np.asarray(crop.resize(new_size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
