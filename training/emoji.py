@@ -9,6 +9,7 @@ the cross-style image-image term.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from clipsearch.datasets import (
 from clipsearch.preprocess import ImageInputError, SketchNormalization, decode_image, normalize_sketch
 from training.config import AugmentConfig, DataConfig
 from training.data import PairData, preprocess
+
+log = logging.getLogger(__name__)
 
 # Caption templates; "{}" is the label ("teapot"). The free-form evaluation queries
 # (training/emoji_queries.py) use other wordings and never these.
@@ -93,6 +96,7 @@ def load_emoji_images(
             message = f"image {item.relative_path} (id {item.id}, {item.style}): {exc}"
             if strict:
                 raise DatasetError(message) from None
+            log.warning("skipping %s", message)
             problems.append(message)
             continue
         images.append(image)

@@ -117,8 +117,36 @@ def _embed_images(embedder: Embedder, data: EmojiData, processor: Any) -> np.nda
     return np.concatenate(out)
 
 
-def _embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
-    return np.concatenate([embedder.embed_texts(texts[s : s + 256]) for s in range(0, len(texts), 256)])
+class TextEmbedder:
+    """Unit text embeddings of one checkpoint: `Embedder.embed_texts`, or, with `store`, the same
+    computation with the text tower's outputs read from (and added to) a kept cache.
+
+    The cache (training's CaptionEncoder.warm) holds the tower's pooled outputs keyed by a hash of
+    the tower's weights, so it is used only for a checkpoint whose text tower is that one (the frozen
+    MiniLM); the projection always runs. On a busy CPU the tower costs minutes per thousand texts.
+    """
+
+    def __init__(self, embedder: Embedder, store: Path | None = None) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.cached: Any = None
+        if store is not None and embedder.text_runtime.value == "torch":
+            from training.train import CaptionEncoder
+
+            self.cached = CaptionEncoder(embedder.model, embedder)
+            self.cached.frozen = True
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self.cached is None:
+            return np.concatenate(
+                [self.embedder.embed_texts(texts[s : s + 256]) for s in range(0, len(texts), 256)]
+            )
+        import torch
+
+        with torch.no_grad():
+            self.cached.warm(texts, self.store)
+            features = self.cached(list(texts))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
 def _recall(ranked_keys: np.ndarray, keys: np.ndarray) -> dict[str, float]:
@@ -140,11 +168,11 @@ def _subset_metrics(
 
 
 def emoji_metrics(
-    embedder: Embedder, checkpoint: LoadedCheckpoint, data: EmojiData, split: EmojiSplit
+    embedder: Embedder, checkpoint: LoadedCheckpoint, data: EmojiData, split: EmojiSplit, texts: TextEmbedder
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """All the emoji metrics of one model; also its image and label embeddings (for the pictures)."""
     images = _embed_images(embedder, data, checkpoint.image_processor)
-    labels = _embed_texts(embedder, data.labels)
+    labels = texts(data.labels)
     concept_ids = np.array(data.concept_ids)
     unseen_concept = np.isin(concept_ids, list(split.heldout))  # per concept
     unseen_image = unseen_concept[data.concept]  # per image
@@ -211,7 +239,7 @@ def emoji_metrics(
     keywords = sorted(rng.choice(keywords, size=min(600, len(keywords)), replace=False).tolist())
     if keywords:
         has = {tag: {i for i, tags in enumerate(data.tags) if tag in tags} for tag in keywords}
-        ranked = data.concept[top_k(_embed_texts(embedder, keywords), images, 10)]
+        ranked = data.concept[top_k(texts(keywords), images, 10)]
         rows = [[int(c) in has[tag] for c in row] for tag, row in zip(keywords, ranked, strict=True)]
         metrics["keyword_queries"] = {
             "hit@1": _hits(rows, 1),
@@ -225,15 +253,15 @@ def emoji_metrics(
     free = {q: {position[a] for a in ok if a in position} for q, ok in FREE_FORM_QUERIES.items()}
     free = {q: ok for q, ok in free.items() if ok}
     if free:
-        texts = list(free)
-        ranked = data.concept[top_k(_embed_texts(embedder, texts), images, 10)]
-        rows = [[int(c) in free[q] for c in row] for q, row in zip(texts, ranked, strict=True)]
+        queries = list(free)
+        ranked = data.concept[top_k(texts(queries), images, 10)]
+        rows = [[int(c) in free[q] for c in row] for q, row in zip(queries, ranked, strict=True)]
         metrics["free_form_queries"] = {
             "hit@1": _hits(rows, 1),
             "hit@5": _hits(rows, 5),
             "hit@10": _hits(rows, 10),
-            "queries": len(texts),
-            "missed_top5": [q for q, row in zip(texts, rows, strict=True) if not any(row[:5])],
+            "queries": len(queries),
+            "missed_top5": [q for q, row in zip(queries, rows, strict=True) if not any(row[:5])],
         }
     return metrics, images, labels
 
@@ -283,11 +311,11 @@ def _thumb(image: Image.Image, size: int = 64) -> np.ndarray:
 
 def draw_emoji(
     out: Path,
-    runs: list[tuple[str, np.ndarray, np.ndarray, Embedder]],
+    runs: list[tuple[str, np.ndarray, np.ndarray, TextEmbedder]],
     data: EmojiData,
 ) -> list[str]:
     """The pictures: a text-query grid, a line-art -> colour grid, the embedding map by group."""
-    name, images, _, embedder = runs[-1]
+    name, images, _, texts = runs[-1]
     files = []
     queries = [
         "a cup of tea",
@@ -301,7 +329,7 @@ def draw_emoji(
     ]
     thumbs = [_thumb(image) for image in data.images]
     gallery = np.stack(thumbs)
-    results = top_k(_embed_texts(embedder, queries), images, 8)
+    results = top_k(texts(queries), images, 8)
     position = {label: i for i, label in enumerate(data.labels)}
     accepted = [{position[a] for a in FREE_FORM_QUERIES.get(q, [q]) if a in position} for q in queries]
     correct = np.array(
@@ -335,8 +363,8 @@ def draw_emoji(
     group_names = sorted(set(data.groups.tolist()))
     group_index = np.array([group_names.index(g) for g in data.groups])
     panels = [
-        plots.MapPanel(title, embeddings, group_index, _embed_texts(model, group_names), group_names)
-        for title, embeddings, _, model in runs
+        plots.MapPanel(title, embeddings, group_index, embed(group_names), group_names)
+        for title, embeddings, _, embed in runs
     ]
     plots.embedding_maps(out / "embedding_map.png", panels)
     files.append("embedding_map.png")

@@ -34,6 +34,7 @@ from training.config import DataConfig
 from training.data import PairData, all_captions, load_pairs
 from training.emoji_eval import (
     EmojiSplit,
+    TextEmbedder,
     check_emoji_data,
     draw_emoji,
     emoji_metric_rows,
@@ -301,10 +302,11 @@ def run(
     out: Path | None,
     device: str | None = None,
     text_runtime: str = TextRuntime.TORCH,
+    text_cache: Path | None = None,
 ) -> dict[str, Any]:
     checkpoint = load_checkpoint(checkpoint_path, device=device)
     if data_config.kind == "emoji":
-        return run_emoji(checkpoint, baseline_path, data_config, out, device, text_runtime)
+        return run_emoji(checkpoint, baseline_path, data_config, out, device, text_runtime, text_cache)
     runs: list[Evaluated] = []
     report: dict[str, Any] = {}
     if baseline_path:
@@ -334,6 +336,7 @@ def run_emoji(
     out: Path | None,
     device: str | None,
     text_runtime: str,
+    text_cache: Path | None = None,
 ) -> dict[str, Any]:
     """The emoji report: both models measured on the split the trained checkpoint was trained with."""
     data = load_emoji_eval(data_config, checkpoint.meta.sketch_normalization)
@@ -343,10 +346,11 @@ def run_emoji(
     if baseline_path:
         checkpoints.insert(0, ("baseline", load_checkpoint(baseline_path, device=device)))
     report: dict[str, Any] = {}
-    runs = []
+    runs: list[tuple[str, np.ndarray, np.ndarray, TextEmbedder]] = []
     for role, loaded in checkpoints:
         embedder = Embedder.from_checkpoint(loaded, text_runtime=text_runtime)
-        emoji, images, labels = emoji_metrics(embedder, loaded, data, split)
+        texts = TextEmbedder(embedder, text_cache)
+        emoji, images, labels = emoji_metrics(embedder, loaded, data, split, texts)
         report[role] = {
             "checkpoint": str(loaded.path),
             "fingerprint": loaded.fingerprint,
@@ -356,7 +360,7 @@ def run_emoji(
             "emoji": emoji,
         }
         runs.append(
-            (f"{role if role == 'baseline' else 'trained'}: {loaded.path.name}", images, labels, embedder)
+            (f"{role if role == 'baseline' else 'trained'}: {loaded.path.name}", images, labels, texts)
         )
     out = out or checkpoint.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -390,6 +394,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="emoji concepts to treat as unseen (default: what the checkpoint's training record says)",
     )
+    parse.add_argument(
+        "--text-cache",
+        type=Path,
+        help="emoji: a kept cache of the frozen text tower's outputs (training's text_cache); used only "
+        "for a checkpoint whose text tower has the cached weights, the projection runs as served",
+    )
     parse.add_argument("--download-mnist", action="store_true")
     parse.add_argument("--limit", type=int, help="evaluate on the first N examples only")
     parse.add_argument("--out", type=Path, help="where metrics.json and PNGs go (default: CHECKPOINT/eval)")
@@ -422,7 +432,15 @@ def main(argv: list[str] | None = None) -> int:
             download=args.download_mnist,
             limit=args.limit,
         )
-        report = run(args.checkpoint, args.baseline, data_config, args.out, args.device, args.text_runtime)
+        report = run(
+            args.checkpoint,
+            args.baseline,
+            data_config,
+            args.out,
+            args.device,
+            args.text_runtime,
+            args.text_cache,
+        )
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

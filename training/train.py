@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ class CaptionEncoder:
         if store is not None and len(self.cache) > before:
             store.parent.mkdir(parents=True, exist_ok=True)
             names = list(self.cache)
-            partial = store.with_suffix(".part")
+            partial = store.with_name(f".{store.name}.{os.getpid()}.part")  # concurrent runs each write whole
             safetensors.torch.save_file(
                 {"pooled": torch.stack([self.cache[c] for c in names]).cpu().contiguous()},
                 str(partial),
