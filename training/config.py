@@ -95,6 +95,8 @@ class TrainConfig(BaseModel):
     image_pair_weight: float = Field(default=0.0, ge=0)  # >0 adds an image-image loss (two augmentations)
     # >0: batches pair two styles of each concept, and an image-image loss pulls them together.
     cross_style_weight: float = Field(default=0.0, ge=0)
+    # >0: with per-class captions (emoji), a softmax of each image over one caption of every concept.
+    concept_bank_weight: float = Field(default=0.0, ge=0)
     line_art_share: float = Field(default=0.5, ge=0, le=1)  # of those pairs: one of the two is the line art
     schedule: Literal["steps", "time"] = "steps"  # the cosine over epochs x steps, or over max_minutes
     batches_per_epoch: int | None = Field(default=None, ge=1)  # default: one pass over the data

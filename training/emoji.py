@@ -133,6 +133,12 @@ def emoji_pairs(config: DataConfig, processor: Any) -> PairData:
     )
 
 
+def sample_class_captions(class_captions: Sequence[Sequence[str]], generator: torch.Generator) -> list[str]:
+    """One caption per class, drawn afresh: the concept bank of a step."""
+    picks = torch.randint(0, 1 << 30, (len(class_captions),), generator=generator).tolist()
+    return [options[pick % len(options)] for options, pick in zip(class_captions, picks, strict=True)]
+
+
 def cross_style_batches(
     labels: torch.Tensor,
     styles: Sequence[str],

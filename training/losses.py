@@ -49,3 +49,14 @@ def image_pair_loss(
 ) -> torch.Tensor:
     """InfoNCE between two augmentations of the same images (SimCLR-style, symmetric)."""
     return clip_loss(first, second, logit_scale, labels)
+
+
+def concept_bank_loss(
+    image_embeds: torch.Tensor, concept_embeds: torch.Tensor, logit_scale: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Image -> text InfoNCE against one caption of every concept (row c: concept c), not just the
+    batch's: the image's own concept is the positive, every other concept a negative."""
+    image_embeds = F.normalize(image_embeds.float(), dim=-1)
+    concept_embeds = F.normalize(concept_embeds.float(), dim=-1)
+    logits = logit_scale.float().exp() * image_embeds @ concept_embeds.T
+    return F.cross_entropy(logits, labels)

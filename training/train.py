@@ -32,9 +32,9 @@ from training.data import (
     sample_captions,
     split,
 )
-from training.emoji import cross_style_batches, drawing_augment
+from training.emoji import cross_style_batches, drawing_augment, sample_class_captions
 from training.freezing import apply_freezing, text_tower_frozen
-from training.losses import clip_loss, image_pair_loss
+from training.losses import clip_loss, concept_bank_loss, image_pair_loss
 from training.metrics import class_prototypes, recall_at_k, zero_shot_accuracy
 from training.models import COMPACT_CONFIGS, ModelBundle, build_compact
 from training.state import Progress, has_state, load_state, save_state, write_dir_atomically
@@ -223,6 +223,9 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
     if config.save_init and not (config.resume and has_state(config.state_dir)):
         _save_bundle(bundle, config.output.with_name(config.output.name + "-init"), Progress(), config)
     cross_style = config.cross_style_weight > 0 and train_data.styles is not None
+    concept_bank_weight = (
+        config.concept_bank_weight if train_data.class_captions and config.label_aware else 0.0
+    )
     if config.cross_style_weight > 0 and not cross_style:
         log.warning("cross_style_weight is set but the data has no styles: no cross-style pairs")
     assert train_data.labels is not None or not cross_style
@@ -311,6 +314,14 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             with autocast():
                 image_embeds = image_features(model, pixels)
                 loss = clip_loss(image_embeds, captions(texts), model.logit_scale, labels, text_keys)
+                if concept_bank_weight > 0:
+                    # Every concept's caption (one sampled per concept this step) as a negative, not only
+                    # the batch's: a softmax over all the concepts, the image's own concept the target.
+                    assert labels is not None
+                    assert train_data.class_captions is not None
+                    bank = captions(sample_class_captions(train_data.class_captions, generator))
+                    bank_loss = concept_bank_loss(image_embeds, bank, model.logit_scale, labels)
+                    loss = loss + concept_bank_weight * bank_loss
                 if pairs is not None:
                     half = len(indices) // 2
                     pair = image_pair_loss(
