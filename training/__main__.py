@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from clipsearch.checkpoint import CheckpointError
-from clipsearch.datasets import EMOJI_STYLES, DatasetError, export_caption_csv, read_emoji
+from clipsearch.datasets import EMOJI_STYLES, DatasetError, export_caption_csv, heldout_concepts, read_emoji
 from training.config import ConfigError, FreezeMode, load_config
 from training.distill import DistillConfig, DistillError, distill_checkpoint
 
@@ -171,6 +171,8 @@ def export_csv(args: argparse.Namespace) -> int:
     styles = args.styles.split(",") if args.styles else list(EMOJI_STYLES)
     try:
         collection = read_emoji(args.emoji_dir, styles=styles)
+        held = heldout_concepts([c.id for c in collection.concepts], args.holdout_fraction, args.holdout_seed)
+        collection.items = [item for item in collection.items if item.id not in held]
         rows = export_caption_csv(collection, args.output, caption=args.caption)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,8 @@ class EmojiSplit:
         styles = tuple(record.get("emoji_styles", EMOJI_STYLES))
         if override is not None and override.holdout_fraction > 0:
             fraction, seed = override.holdout_fraction, override.holdout_seed
+        if override is not None and tuple(override.emoji_styles) != EMOJI_STYLES:
+            styles = tuple(override.emoji_styles)
         return cls(frozenset(heldout_concepts(concept_ids, fraction, seed)), styles, fraction, seed)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from clipsearch.datasets import DatasetError
+from clipsearch.datasets import EMOJI_STYLES, DatasetError
 from clipsearch.embedder import Embedder
 from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
@@ -395,6 +395,10 @@ def parser() -> argparse.ArgumentParser:
         help="emoji concepts to treat as unseen (default: what the checkpoint's training record says)",
     )
     parse.add_argument(
+        "--trained-styles",
+        help="emoji: comma-separated styles the checkpoint was trained on (default: its training record)",
+    )
+    parse.add_argument(
         "--text-cache",
         type=Path,
         help="emoji: a kept cache of the frozen text tower's outputs (training's text_cache); used only "
@@ -426,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             kind=kind,
             emoji_dir=args.emoji_dir,
             holdout_fraction=args.holdout_fraction or 0.0,
+            emoji_styles=args.trained_styles.split(",") if args.trained_styles else list(EMOJI_STYLES),
             mnist_dir=args.mnist_dir,
             captions_csv=args.captions,
             image_folder=args.image_folder,
