@@ -62,3 +62,13 @@ def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
     settings = EncoderSettings(checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0, metrics_port=0)
     with serve_in_thread(settings) as running:
         yield f"127.0.0.1:{running.port}"
+
+
+@pytest.fixture(scope="session")
+def emoji_data_dir() -> Path:
+    """The real emoji collection (EMOJI_DIR; CI points it at ../shared/data/emoji)."""
+    configured = os.environ.get("EMOJI_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "emoji"
+    if not (path / "emoji.csv").is_file():
+        pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
+    return path

@@ -309,3 +309,15 @@ def test_strict_training_fails_with_the_bad_line_not_a_traceback(
     args = ["train", "--model", "tiny-emoji", "--output", str(tmp_path / "x"), "--emoji-dir", str(emoji_dir)]
     assert train_main([*args, "--strict", "--no-progress"]) == 2
     assert "emoji.csv:4:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_real_collection_reads_whole(emoji_data_dir: Path) -> None:
+    collection = read_emoji(emoji_data_dir)
+    assert len(collection.concepts) == 1906
+    assert len(collection.items) == 4 * 1906
+    assert collection.problems == []
+    assert len({c.label for c in collection.concepts}) == 1906
+    pizza = next(c for c in collection.concepts if c.id == "1F355")
+    assert (pizza.label, pizza.group) == ("pizza", "food & drink")
+    assert "cheese" in pizza.tags
