@@ -22,12 +22,13 @@ from PIL import Image
 from clipsearch.checkpoint import LoadedCheckpoint
 from clipsearch.datasets import EMOJI_STYLES, LINE_ART_STYLE, DatasetError, heldout_concepts, read_emoji
 from clipsearch.embedder import Embedder
-from clipsearch.preprocess import ImageInputError, decode_image, normalize_sketch
+from clipsearch.preprocess import ImageInputError, decode_image, decode_sketch, normalize_sketch
 from training import plots
 from training.config import DataConfig
 from training.data import preprocess
 from training.emoji import MAX_KEYWORD_CONCEPTS
 from training.emoji_queries import FREE_FORM_QUERIES
+from training.emoji_sketches import drawn_sketches
 from training.metrics import top_k
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,23 @@ def emoji_metrics(
             "queries": len(queries),
             "missed_top5": [q for q, row in zip(queries, rows, strict=True) if not any(row[:5])],
         }
+    # Simple canvas drawings (training/emoji_sketches.py) through the checkpoint's sketch normalisation.
+    drawn = [
+        (name, decode_sketch(png, checkpoint.meta.sketch_normalization), ok)
+        for name, _, png, ok in drawn_sketches()
+    ]
+    drawn_ok = [{position[a] for a in ok if a in position} for _, _, ok in drawn]
+    keep = [i for i, ok in enumerate(drawn_ok) if ok]
+    if keep:
+        vectors = embedder.embed_images([drawn[i][1] for i in keep])
+        ranked = data.concept[top_k(vectors, images, 10)]
+        rows = [[int(c) in drawn_ok[i] for c in row] for i, row in zip(keep, ranked, strict=True)]
+        metrics["drawn_sketches"] = {
+            "hit@1": _hits(rows, 1),
+            "hit@10": _hits(rows, 10),
+            "queries": len(keep),
+            "missed_top10": sorted({drawn[i][0] for i, row in zip(keep, rows, strict=True) if not any(row)}),
+        }
     return metrics, images, labels
 
 
@@ -301,6 +319,9 @@ def emoji_metric_rows(metrics: dict[str, Any]) -> dict[str, float]:
     if "keyword_queries" in metrics:
         rows["keyword queries: hit@10"] = metrics["keyword_queries"]["hit@10"]
         rows["keyword queries: precision@10"] = metrics["keyword_queries"]["precision@10"]
+    if "drawn_sketches" in metrics:
+        rows["canvas drawings: accepted concept first"] = metrics["drawn_sketches"]["hit@1"]
+        rows["canvas drawings: accepted concept in top 10"] = metrics["drawn_sketches"]["hit@10"]
     if "free_form_queries" in metrics:
         rows["free-form queries: accepted concept in top 5"] = metrics["free_form_queries"]["hit@5"]
         rows["free-form queries: accepted concept in top 10"] = metrics["free_form_queries"]["hit@10"]
@@ -315,8 +336,9 @@ def draw_emoji(
     out: Path,
     runs: list[tuple[str, np.ndarray, np.ndarray, TextEmbedder]],
     data: EmojiData,
+    normalisation: Any,
 ) -> list[str]:
-    """The pictures: a text-query grid, a line-art -> colour grid, the embedding map by group."""
+    """The pictures: a text-query grid, a line-art -> colour grid, a drawing grid, the embedding map."""
     name, images, _, texts = runs[-1]
     files = []
     queries = [
@@ -362,6 +384,28 @@ def draw_emoji(
             correct,
         )
         files.append("line_art_to_colour_grid.png")
+    # One canvas drawing per shape (medium pen), as the model sees it, and its top 7 images.
+    drawn = [(n, decode_sketch(png, normalisation), ok) for n, pen, png, ok in drawn_sketches() if pen == 10][
+        :12
+    ]
+    vectors = texts.embedder.embed_images([image for _, image, _ in drawn])
+    ranked = top_k(vectors, images, 7)
+    sketch_thumbs = np.stack([_thumb(image) for _, image, _ in drawn])
+    grid_images = np.concatenate([gallery, sketch_thumbs])
+    columns = np.concatenate([len(gallery) + np.arange(len(drawn))[:, None], ranked], axis=1)
+    accepted = [{position[a] for a in ok if a in position} for _, _, ok in drawn]
+    correct = np.array(
+        [[True] + [int(data.concept[i]) in ok for i in row] for ok, row in zip(accepted, ranked, strict=True)]
+    )
+    plots.retrieval_grid(
+        out / "drawing_grid.png",
+        f"{name}: canvas drawings as the model sees them (first column) -> top 7 images",
+        [n for n, _, _ in drawn],
+        columns,
+        grid_images,
+        correct,
+    )
+    files.append("drawing_grid.png")
     group_names = sorted(set(data.groups.tolist()))
     group_index = np.array([group_names.index(g) for g in data.groups])
     panels = [

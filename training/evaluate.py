@@ -364,7 +364,7 @@ def run_emoji(
         )
     out = out or checkpoint.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    pictures = draw_emoji(out, runs, data)
+    pictures = draw_emoji(out, runs, data, checkpoint.meta.sketch_normalization)
     report["pictures"] = pictures
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (checkpoint.path / "README.md").write_text(model_card(checkpoint, report, pictures, out))

@@ -294,8 +294,10 @@ def test_tiny_emoji_train_and_evaluate_end_to_end(emoji_dir: Path, tmp_path: Pat
     assert set(report["pictures"]) == {
         "text_query_grid.png",
         "line_art_to_colour_grid.png",
+        "drawing_grid.png",
         "embedding_map.png",
     }
+    assert emoji["drawn_sketches"]["queries"] == 3  # the star, drawn with three pens: the one shape it has
     for picture in report["pictures"]:
         assert (output / "eval" / picture).stat().st_size > 1000
     card = (output / "README.md").read_text()
