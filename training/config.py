@@ -38,6 +38,7 @@ class DataConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1)  # use only the first N examples (smoke runs)
     val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     strict: bool = False  # fail on the first bad row/image instead of skipping it
+    white_background: bool = False  # caption CSV of pictures on white: augmentation fills with white
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:

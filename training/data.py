@@ -192,7 +192,12 @@ def _report(skipped: list[str], message: str, strict: bool) -> None:
 
 
 def caption_pairs(
-    csv_path: Path, processor: Any, *, strict: bool = False, limit: int | None = None
+    csv_path: Path,
+    processor: Any,
+    *,
+    strict: bool = False,
+    limit: int | None = None,
+    white_background: bool = False,
 ) -> PairData:
     """`image_path,caption[,label]` rows; bad rows and unreadable images are skipped and named."""
     rows, errors = read_caption_csv(csv_path)
@@ -214,10 +219,25 @@ def caption_pairs(
         raise DatasetError(f"{csv_path} has no usable rows ({len(skipped)} skipped)")
     labels: torch.Tensor | None = None
     class_names: list[str] = []
+    class_captions: list[list[str]] | None = None
     if all(label is not None for label in row_labels):
         class_names = sorted({str(label) for label in row_labels})
-        labels = torch.tensor([class_names.index(str(label)) for label in row_labels])
-    return PairData(preprocess(images, processor), labels, captions, class_names, skipped=skipped)
+        position = {name: index for index, name in enumerate(class_names)}
+        labels = torch.tensor([position[str(label)] for label in row_labels])
+        # Each class's captions, for the concept bank (training.losses.concept_bank_loss).
+        grouped: dict[str, dict[str, None]] = {name: {} for name in class_names}
+        for caption, label in zip(captions, row_labels, strict=True):
+            grouped[str(label)][caption] = None
+        class_captions = [list(grouped[name]) for name in class_names]
+    return PairData(
+        preprocess(images, processor),
+        labels,
+        captions,
+        class_names,
+        skipped=skipped,
+        class_captions=class_captions,
+        white_background=white_background,
+    )
 
 
 def folder_pairs(root: Path, processor: Any, *, strict: bool = False, limit: int | None = None) -> PairData:
@@ -254,7 +274,13 @@ def load_pairs(config: DataConfig, processor: Any, split_name: str = "train") ->
         )
     if config.kind == "captions":
         assert config.captions_csv is not None
-        return caption_pairs(config.captions_csv, processor, strict=config.strict, limit=config.limit)
+        return caption_pairs(
+            config.captions_csv,
+            processor,
+            strict=config.strict,
+            limit=config.limit,
+            white_background=config.white_background,
+        )
     assert config.image_folder is not None
     return folder_pairs(config.image_folder, processor, strict=config.strict, limit=config.limit)
 

@@ -141,16 +141,17 @@ def sample_class_captions(class_captions: Sequence[Sequence[str]], generator: to
 
 def cross_style_batches(
     labels: torch.Tensor,
-    styles: Sequence[str],
+    styles: Sequence[str] | None,
     pairs_per_batch: int,
     batches: int,
     generator: torch.Generator,
     line_art_share: float,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`batches` batches of (first, second) item indices: two styles of each of `pairs_per_batch` concepts.
+    """`batches` batches of (first, second) item indices: two images (styles) of `pairs_per_batch` concepts.
 
     Concepts come in shuffled passes, each once per pass; with probability `line_art_share` one of
-    the two is the concept's line art (the sketch view), otherwise two random styles.
+    the two is the concept's line art (the sketch view), otherwise two random styles. Without
+    styles (a labelled caption CSV), any two images of a label.
     """
     by_concept: dict[int, list[int]] = {}
     for index, label in enumerate(labels.tolist()):
@@ -177,9 +178,9 @@ def cross_style_batches(
         first, second = [], []
         for label in chosen:
             items = by_concept[label]
-            line = [i for i in items if styles[i] == LINE_ART_STYLE]
+            line = [i for i in items if styles is not None and styles[i] == LINE_ART_STYLE]
             if line and rng.random() < line_art_share:
-                colour = [i for i in items if styles[i] != LINE_ART_STYLE] or items
+                colour = [i for i in items if styles is not None and styles[i] != LINE_ART_STYLE] or items
                 a, b = line[0], rng.choice([i for i in colour if i != line[0]] or items)
             else:
                 a, b = rng.sample(items, 2)

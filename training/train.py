@@ -222,12 +222,12 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
     log.info("training on %d pairs, validating on %d", len(train_data), len(val_data) if val_data else 0)
     if config.save_init and not (config.resume and has_state(config.state_dir)):
         _save_bundle(bundle, config.output.with_name(config.output.name + "-init"), Progress(), config)
-    cross_style = config.cross_style_weight > 0 and train_data.styles is not None
+    cross_style = config.cross_style_weight > 0 and train_data.labels is not None
     concept_bank_weight = (
         config.concept_bank_weight if train_data.class_captions and config.label_aware else 0.0
     )
     if config.cross_style_weight > 0 and not cross_style:
-        log.warning("cross_style_weight is set but the data has no styles: no cross-style pairs")
+        log.warning("cross_style_weight is set but the data has no labels: no cross-style pairs")
     assert train_data.labels is not None or not cross_style
 
     trainable = apply_freezing(model, config.freeze, config.unlock_last_n)
@@ -273,7 +273,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
         pairs = (
             cross_style_batches(
                 train_data.labels,  # type: ignore[arg-type]
-                train_data.styles,  # type: ignore[arg-type]
+                train_data.styles,
                 config.batch_size // 2,
                 batches_per_epoch,
                 generator,
@@ -297,8 +297,10 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
                 indices = order[batch * config.batch_size : (batch + 1) * config.batch_size]
             pixels = train_data.pixels[indices].to(device)
             if train_data.white_background:
-                assert train_data.styles is not None
-                line_art = torch.tensor([train_data.styles[int(i)] == LINE_ART_STYLE for i in indices])
+                styles = train_data.styles
+                line_art = torch.tensor(
+                    [styles is not None and styles[int(i)] == LINE_ART_STYLE for i in indices]
+                )
                 pixels = drawing_augment(pixels, line_art, config.augment, generator, mean, std)
             pixels = augment(pixels, config.augment, generator, fill)
             texts = sample_captions(train_data, indices, generator)
