@@ -96,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--caption", choices=["label", "tags"], default="label", help="label, or label and tags"
     )
+    export.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        help="leave out these held-out concepts (as training does)",
+    )
+    export.add_argument("--holdout-seed", type=int, default=0)
     return root
 
 
