@@ -7,6 +7,11 @@ Health (grpc.health.v1) answers for these service names:
   caller of one model need not wait for the others. A fingerprint is known once its model is loaded.
 All turn NOT_SERVING when the server stops.
 
+While serving, the checkpoint directories are looked at every ENCODER_RELOAD_S seconds
+(ModelRegistry.refresh): a new model directory starts serving under its name, a changed one
+replaces its name's weights (the replaced weights stay served by fingerprint, ENCODER_KEEP_REPLACED
+per name), without a restart; health follows (a new fingerprint SERVING, an unloaded one NOT_SERVING).
+
 `serve` runs it until SIGTERM/SIGINT (the `python -m services.encoder` entry
 point); `serve_in_thread` runs it on its own event loop in a background thread
 (tests, benchmarks, and other services' tests through the `encoder_target` fixture).
@@ -56,6 +61,7 @@ class EncoderServer:
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind and accept calls, health NOT_SERVING until `load_models()` is done."""
@@ -105,6 +111,21 @@ class EncoderServer:
         for name in HEALTH_NAMES:
             await self.health.set(name, SERVING)
         log.info("encoder serving %s", registry.describe())
+        if self.settings.reload_s > 0:
+            self._watcher = asyncio.create_task(self._watch(registry))
+
+    async def _watch(self, registry: ModelRegistry) -> None:
+        """Pick up new and changed checkpoints until the server stops."""
+        while True:
+            await asyncio.sleep(self.settings.reload_s)
+            try:
+                if await registry.refresh(self._model_loaded, self._model_unloaded):
+                    log.info("encoder serving %s", registry.describe())
+            except Exception:  # a failed look must not end the watching; the next one may work
+                log.exception("looking for new checkpoints failed")
+
+    async def _model_unloaded(self, runtime: EncoderRuntime) -> None:
+        await self.health.set(model_health_service(runtime.fingerprint), NOT_SERVING)
 
     async def _model_loaded(self, runtime: EncoderRuntime) -> None:
         for name in (runtime.name, runtime.fingerprint):
@@ -119,6 +140,9 @@ class EncoderServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)

@@ -96,9 +96,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> encoder_pb2.ListModelsResponse:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            # The loaded ones: a model still loading cannot be called yet (health says which).
+            # The loaded ones: a model still loading cannot be called yet (health says which). Weights a
+            # reload replaced follow their name's current ones, under the same name.
             return encoder_pb2.ListModelsResponse(
-                models=[self._model_info(runtime) for runtime in self._registry().loaded]
+                models=[self._model_info(runtime) for runtime in self._registry().served]
             )
         except Exception as exc:
             code, details = self._status_of(exc, "ListModels")

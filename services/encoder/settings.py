@@ -66,6 +66,19 @@ class EncoderSettings(ServiceSettings):
     mnist=var/checkpoints/mnist-compact-distilled,emoji=var/checkpoints/emoji); calls name the model
     they want. Set, it replaces `checkpoint` (compose always passes one); unset or empty: the one
     `checkpoint`, served under its directory name."""
+    models_dir: Path | None = None
+    """A models directory: each visible subdirectory holding a checkpoint is served under its
+    directory name, beside the ENCODER_MODELS entries (a name given there wins). With it and without
+    ENCODER_MODELS, `checkpoint` is served only when set explicitly."""
+    reload_s: float = Field(default=10.0, ge=0)
+    """How often, in seconds, the local checkpoint directories (ENCODER_MODELS entries, the
+    checkpoint, the models directory) are looked at while serving: a new model directory is loaded
+    and served, a changed one is loaded and replaces its name's weights, without a restart. 0: never
+    (models load at start only). See services/encoder/model_dirs.py for when a directory is loaded."""
+    keep_replaced: int = Field(default=1, ge=0, le=8)
+    """Weights a reload replaced stay served by their fingerprint, this many per name (a collection
+    built by them keeps answering until it is re-indexed, and can be rolled back to); older ones are
+    unloaded."""
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port; 0 binds any free port (tests), which the server reports."""
@@ -133,7 +146,9 @@ class EncoderSettings(ServiceSettings):
         return value
 
     def model_sources(self) -> list[ModelSource]:
-        """The models to serve, in the order given."""
+        """The models to serve, in the order given (the models directory's come on top of these)."""
+        if self.models is None and self.models_dir is not None and "checkpoint" not in self.model_fields_set:
+            return []
         if self.models is None:
             # Imported here: the settings load (and --help answers) without torch.
             from clipsearch.checkpoint import checkpoint_name
