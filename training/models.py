@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from clipsearch.checkpoint import CheckpointMeta
+from clipsearch.datasets import DIGIT_WORDS
 from clipsearch.preprocess import SketchNormalization
 
 # MNIST statistics (per channel; images are grey, stored as RGB).
@@ -42,8 +43,6 @@ MNIST_STD = [0.3081, 0.3081, 0.3081]
 # Emoji on white, all four styles at 48 px (measured over the collection).
 EMOJI_MEAN = [0.832, 0.804, 0.765]
 EMOJI_STD = [0.292, 0.286, 0.339]
-
-DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @dataclass(frozen=True)

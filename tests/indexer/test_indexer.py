@@ -156,7 +156,8 @@ async def test_incremental_refuses_a_collection_built_by_another_model(
         target = f"127.0.0.1:{running.port}"
         with pytest.raises(FingerprintMismatch, match="--mode full"):
             await run_index(make_settings(encoder=target, mode="incremental"))
-        rebuilt = await run_index(make_settings(encoder=target, mode="full"))
+        # Not gated: which of two random models scores better is not this test's question.
+        rebuilt = await run_index(make_settings(encoder=target, mode="full", gate=False))
     assert rebuilt.fingerprint != first.fingerprint
     assert rebuilt.count == 40
     store = open_store(None, make_settings().store_path)
