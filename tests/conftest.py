@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,3 +117,37 @@ def emoji_data_dir() -> Path:
     if not (path / "emoji.csv").is_file():
         pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def emoji_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated emoji-layout directory (emoji.csv, images/<style>/<id>.png), without bad rows:
+    six concepts in the four styles."""
+    from tests.training.conftest import write_emoji_dir
+
+    return write_emoji_dir(tmp_path_factory.mktemp("emoji-layout") / "emoji", bad_row=False)
+
+
+@dataclass(frozen=True)
+class EmojiModels:
+    """Two tiny emoji checkpoints for one collection: `better`, trained for a few epochs on the
+    generated layout, and `worse`, its random initialisation."""
+
+    better: Path
+    worse: Path
+
+
+@pytest.fixture(scope="session")
+def emoji_models(tmp_path_factory: pytest.TempPathFactory, emoji_layout: Path) -> EmojiModels:
+    from training.__main__ import main as train_main
+
+    output = tmp_path_factory.mktemp("emoji-models") / "emoji-tiny"
+    code = train_main(
+        [
+            "train", "--model", "tiny-emoji", "--output", str(output), "--emoji-dir", str(emoji_layout),
+            "--holdout-fraction", "0", "--epochs", "8", "--batch-size", "6", "--warmup-steps", "2",
+            "--val-fraction", "0", "--threads", "1", "--save-init", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return EmojiModels(better=output, worse=output.with_name("emoji-tiny-init"))
