@@ -27,6 +27,17 @@ def copy_atomically(checkpoint: Path, target: Path) -> None:
     write_dir_atomically(target, lambda staging: shutil.copytree(checkpoint, staging, dirs_exist_ok=True))
 
 
+def copy_all_but_half_the_weights(checkpoint: Path, target: Path) -> bytes:
+    """A copy in place, file by file, stalled halfway through the weights; returns the weights."""
+    target.mkdir()
+    for path in sorted(checkpoint.iterdir()):
+        if path.name != WEIGHTS and path.is_file():
+            shutil.copy2(path, target / path.name)
+    weights = (checkpoint / WEIGHTS).read_bytes()
+    (target / WEIGHTS).write_bytes(weights[: len(weights) // 2])
+    return weights
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = asyncio.get_running_loop().time() + WAIT_S
     while not await check():
@@ -149,12 +160,7 @@ async def test_a_half_written_checkpoint_is_never_loaded(
     async with EncoderClient(f"127.0.0.1:{watching.port}") as client:
         shutil.copytree(other_tiny_checkpoint, models_dir / ".staging-by-hand")
         target = models_dir / "slow"
-        target.mkdir()
-        for path in sorted(other_tiny_checkpoint.iterdir()):
-            if path.name != WEIGHTS and path.is_file():
-                shutil.copy2(path, target / path.name)
-        weights = (other_tiny_checkpoint / WEIGHTS).read_bytes()
-        (target / WEIGHTS).write_bytes(weights[: len(weights) // 2])
+        weights = copy_all_but_half_the_weights(other_tiny_checkpoint, target)
         await asyncio.sleep(POLL_S * 20)  # many looks at the half-written file
         assert set(await served(client)) == {"digits"}
         assert await client.serving()  # the server kept serving
