@@ -494,6 +494,19 @@ def _open_store(settings: IndexerSettings) -> VectorStore:
     )
 
 
+async def _served_model(client: EncoderClient, settings: IndexerSettings) -> encoder_pb2.ModelInfo:
+    """The model to embed with, waiting up to `model_wait_s` for the encoder to serve it."""
+    deadline = time.monotonic() + settings.model_wait_s
+    while True:
+        try:
+            return await client.model_info(settings.model)
+        except EncoderUnavailable as exc:  # not up yet, loading, or not serving that model yet
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for the encoder to serve model %r: %s", settings.model or "(its only one)", exc)
+            await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+
+
 async def run_index(
     settings: IndexerSettings,
     *,
@@ -511,7 +524,7 @@ async def run_index(
     client = _client(settings)
     try:
         try:
-            info = await client.model_info(settings.model)
+            info = await _served_model(client, settings)
         except EncoderModelNotFound as exc:
             raise IndexerError(f"the encoder cannot embed with model {settings.model!r}: {exc}") from None
         except EncoderInputError as exc:  # an encoder of several models, and no model named

@@ -28,6 +28,9 @@ class IndexerSettings(ServiceSettings):
     model: str = ""
     """The encoder model that embeds the collection: its served name or fingerprint (empty: the
     encoder's only model). The run pins the fingerprint it resolves to."""
+    model_wait_s: float = Field(default=0.0, ge=0)
+    """How long to wait for the encoder to serve `model` (a model still loading, or the fingerprint
+    of a checkpoint the encoder has not picked up yet); 0: fail at once."""
     qdrant_url: str | None = None
     """Qdrant server URL (default: the embedded store in store_path)."""
     qdrant_api_key: SecretStr | None = None

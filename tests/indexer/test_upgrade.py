@@ -3,6 +3,7 @@ trained and an untrained tiny emoji model, the embedded store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,3 +220,28 @@ def test_the_mnist_query_set_asks_each_digit_three_ways(
     smaller = build_query_set(source.query_groups, source.items, limit=5, k=10)
     assert smaller is not None
     assert [q.text for q in smaller.queries] == [q.text for q in query_set.queries[:5]]
+
+
+async def test_the_indexer_waits_for_the_encoder_to_pick_up_a_new_checkpoint(
+    make_settings: MakeSettings, emoji_layout: Path, emoji_models: EmojiModels, tmp_path: Path
+) -> None:
+    """The demo's upgrade step: name the new checkpoint's fingerprint and wait until it is served."""
+    from tests.encoder.test_reload import copy_atomically
+
+    models_dir = tmp_path / "models"
+    copy_atomically(emoji_models.worse, models_dir / "emoji")
+    settings = EncoderSettings(
+        models_dir=models_dir, host="127.0.0.1", port=0, metrics_port=0, text_runtime="torch", reload_s=0.1
+    )
+    wanted = weights_fingerprint(emoji_models.better)
+    with serve_in_thread(settings) as server:
+        target = f"127.0.0.1:{server.port}"
+        common = {"encoder": target, "source": "emoji", "emoji_dir": emoji_layout, "collection": "emoji"}
+        await run_index(make_settings(model="emoji", **common))
+        with pytest.raises(IndexerError, match="cannot embed with model"):
+            await run_index(make_settings(model=wanted, **common))
+        waiting = asyncio.create_task(run_index(make_settings(model=wanted, model_wait_s=120, **common)))
+        copy_atomically(emoji_models.better, models_dir / "emoji")
+        report = await waiting
+    assert report.fingerprint == wanted
+    assert report.published
