@@ -94,7 +94,8 @@ def to_prune(
     """
     complete = [name for name, done in newest_first if done and name != live]
     if recently_published is not None:
-        complete = [name for name in recently_published if name in set(complete)]
+        listed = set(complete)
+        complete = [name for name in recently_published if name in listed]
     dropped = complete[max(keep, 1) - (1 if live is not None else 0) :]
     past_live = False
     for name, done in newest_first:

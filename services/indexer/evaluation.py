@@ -156,6 +156,7 @@ class Evaluation:
     gated: bool = False  # the candidate had to match the live version to be published
     published: bool = True
     reason: str = ""
+    seconds: float = 0.0  # the evaluation's own time, both versions
 
     def manifest(self) -> dict[str, Any]:
         """The `evaluation` entry of the published version's manifest."""
@@ -184,4 +185,4 @@ class Evaluation:
                 f" vs live {self.live.version} (model {self.live.model_name}) {self.live.value:.3f}{recorded}"
             )
         verdict = "published" if self.published else "NOT published, dropped"
-        return f"{line}: {verdict} ({self.reason})"
+        return f"{line}: {verdict} ({self.reason}; {self.seconds:.1f} s)"

@@ -190,7 +190,9 @@ class IndexJob:
                 f"{target} holds {held} points of this run's items but {expected} were expected"
             )
         if report.mode == "full" and not sharded:  # shards leave publishing to a final run without shards
+            evaluating = time.perf_counter()
             report.evaluation = evaluation = await self._evaluate(source, target, query_set)
+            evaluation.seconds = time.perf_counter() - evaluating
             alias = self.settings.collection
             if evaluation.published:
                 await asyncio.to_thread(
@@ -377,8 +379,7 @@ class IndexJob:
             prepared, bad = await asyncio.to_thread(_prepare_all, [todo[i] for i in ranges[number]])
             captions = None
             if source.has_captions and prepared:
-                texts = [p.item.caption or "" for p in prepared]
-                captions = asyncio.create_task(self._embed_captions(texts))
+                captions = asyncio.create_task(self._embed_captions([p.item for p in prepared]))
             batches[number] = _Batch(prepared, bad, captions)
             return StreamBatch(number, [p.item.id for p in prepared], [p.data for p in prepared])
 
@@ -402,18 +403,40 @@ class IndexJob:
                 if leftover.captions:
                     leftover.captions.cancel()
 
-    async def _embed_captions(self, texts: list[str]) -> np.ndarray:
+    async def _embed_captions(self, items: list[SourceItem]) -> np.ndarray:
+        """One caption vector per item (NaN where the encoder refuses every form of its caption).
+        Each distinct caption is embedded once (an emoji's four styles share theirs)."""
+        texts = list(dict.fromkeys(item.caption or "" for item in items))
         try:
-            return await self.client.embed_texts(texts, model=self.info.fingerprint)
+            vectors = dict(zip(texts, await self._embed_texts(texts), strict=True))
         except EncoderInputError:
-            # One bad caption (too long) fails the call: embed one by one, marking the failures.
-            rows = []
-            for text in texts:
-                try:
-                    rows.append((await self.client.embed_texts([text], model=self.info.fingerprint))[0])
-                except EncoderInputError:
-                    rows.append(np.full(self.info.embedding_dim, np.nan, dtype=np.float32))
-            return np.stack(rows)
+            # One caption too long for the model fails the call: embed one by one; a refused caption
+            # falls back to its shorter forms (the first accepted is used), else is marked NaN.
+            vectors = {}
+            for item in items:
+                text = item.caption or ""
+                if text not in vectors:
+                    vectors[text] = await self._embed_longest([text, *item.caption_fallbacks])
+        return np.stack([vectors[item.caption or ""] for item in items])
+
+    async def _embed_longest(self, forms: list[str]) -> np.ndarray:
+        """The vector of the first of `forms` (longest first) the encoder accepts; a binary search,
+        since a form that fits makes every shorter one fit."""
+        low, high, found = 0, len(forms) - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            try:
+                vector = (await self._embed_texts([forms[middle]]))[0]
+            except EncoderInputError:
+                low = middle + 1
+                continue
+            found, high = vector, middle - 1
+        if found is None:
+            return np.full(self.info.embedding_dim, np.nan, dtype=np.float32)
+        return found
+
+    async def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        return await self.client.embed_texts(texts, model=self.info.fingerprint)
 
     def _write(self, target: str, points: list[Point], media: list[bytes]) -> None:
         # Media first: a point never names a file that is not there.

@@ -52,6 +52,9 @@ class SourceItem:
     caption: str | None
     load: Callable[[], bytes]  # the encoded image bytes sent to the encoder
     generated: bool = False  # bytes we encoded ourselves (a small PNG): no need to check them
+    # Shorter forms of the caption, longest first, for a model that refuses it as too long (as
+    # training truncates it): the first one accepted is embedded.
+    caption_fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,11 +261,16 @@ def emoji_attribution(styles: list[str]) -> str:
     return "\n".join([*images, EMOJI_NAMES_CREDIT])
 
 
-def emoji_caption(label: str, tags: tuple[str, ...]) -> str:
+def emoji_captions(label: str, tags: tuple[str, ...]) -> tuple[str, ...]:
     """The label and its keywords, "teapot: drink, pot, tea": a caption form the emoji model is
-    trained on, and one text per concept, so target=captions names the concept."""
+    trained on, and one text per concept, so target=captions names the concept. Then its shorter
+    forms, longest first, down to the label alone: a model with a short text window (the emoji
+    model takes 32 tokens) refuses some, and training truncated the same captions at the end."""
     keywords = [tag for tag in tags if tag.lower() != label.lower()]
-    return f"{label}: {', '.join(keywords)}" if keywords else label
+    return (
+        *(f"{label}: {', '.join(keywords[:count])}" for count in range(len(keywords), 0, -1)),
+        label,
+    )
 
 
 def _emoji_problem(problem: str) -> BadItem:
@@ -311,10 +319,12 @@ def _emoji_source(settings: IndexerSettings) -> Source:
                 "subgroup": entry.subgroup,
                 "tags": list(entry.tags),
             },
-            caption=emoji_caption(entry.label, entry.tags),
+            caption=captions[0],
+            caption_fallbacks=captions[1:],
             load=_read_file(entry.image_path),
         )
         for entry in collection.items
+        for captions in [emoji_captions(entry.label, entry.tags)]
     ]
     return Source(
         identity=identity,

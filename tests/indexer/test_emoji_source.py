@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.encoder_client import EncoderClient
+from clipsearch.encoder_client import EncoderClient, EncoderInputError
 from clipsearch.store import CAPTION_VECTOR, IMAGE_VECTOR, open_store
 from services.indexer.job import IndexerError, run_index
 from services.indexer.settings import IndexerSettings
-from services.indexer.sources import emoji_caption, open_source
+from services.indexer.sources import emoji_captions, open_source
 from tests.training.conftest import EMOJI_CONCEPTS, write_emoji_dir
 
 MakeSettings = Callable[..., IndexerSettings]
@@ -90,10 +90,50 @@ async def test_every_style_is_indexed_with_its_payload_captions_and_credits(
     assert info.extra["model_name"]
 
 
-def test_the_caption_is_the_label_and_its_keywords() -> None:
-    assert emoji_caption("teapot", ("drink", "pot", "tea")) == "teapot: drink, pot, tea"
-    assert emoji_caption("star", ("Star",)) == "star"  # a keyword that repeats the label adds nothing
-    assert emoji_caption("star", ()) == "star"
+def test_the_caption_is_the_label_and_its_keywords_then_shorter_forms() -> None:
+    assert emoji_captions("teapot", ("drink", "pot", "tea")) == (
+        "teapot: drink, pot, tea",
+        "teapot: drink, pot",
+        "teapot: drink",
+        "teapot",
+    )
+    assert emoji_captions("star", ("Star",)) == ("star",)  # a keyword that repeats the label adds nothing
+    assert emoji_captions("star", ()) == ("star",)
+
+
+async def test_a_caption_too_long_for_the_model_is_shortened_not_dropped(
+    make_settings: MakeSettings, emoji_dir: Path, encoder_target: str
+) -> None:
+    """The tiny model reads 32 tokens, as the emoji model does: a concept with many keywords keeps
+    as many as fit, as training's truncation did."""
+    rows = (emoji_dir / "emoji.csv").read_text(encoding="utf-8").splitlines()
+    many = "|".join(f"keyword{number}" for number in range(40))
+    (emoji_dir / "emoji.csv").write_text(
+        "\r\n".join(row.replace("medium|star", many) if row.startswith("2B50,") else row for row in rows),
+        encoding="utf-8",
+    )
+    settings = emoji_settings(make_settings, emoji_dir)
+    report = await run_index(settings)
+    assert (report.count, len(report.errors)) == (24, 1)  # only the malformed row
+    forms = emoji_captions("star", tuple(many.split("|")))
+    async with EncoderClient(encoder_target) as client:
+        with pytest.raises(EncoderInputError):
+            await client.embed_texts([forms[0]])
+        accepted = []
+        for form in forms:
+            try:
+                accepted.append((form, (await client.embed_texts([form]))[0]))
+            except EncoderInputError:
+                continue
+    longest, vector = accepted[0]
+    assert longest.startswith("star: keyword0, keyword1")
+    store = open_store(None, settings.store_path)
+    try:
+        hits = store.search("emoji", vector, using=CAPTION_VECTOR, k=4)
+    finally:
+        store.close()
+    assert [hit.payload["class_name"] for hit in hits] == ["star"] * 4
+    assert all(hit.score == pytest.approx(1.0, abs=1e-4) for hit in hits)
 
 
 async def test_styles_can_be_chosen_and_their_credits_follow(
