@@ -30,6 +30,7 @@ from clipsearch.encoder_client import (
     EncoderUnavailable,
 )
 from clipsearch.media import MediaStore, media_key
+from clipsearch.preprocess import SketchNormalization
 from clipsearch.progress import progress_bar
 from clipsearch.store import (
     CAPTION_VECTOR,
@@ -141,6 +142,11 @@ class IndexJob:
         self.stop_after_batches = stop_after_batches
         limit = info.max_batch_items or settings.batch_size
         self.batch_size = min(settings.batch_size, limit)
+        try:
+            self.sketch_normalization = SketchNormalization(info.sketch_normalization or "none")
+        except ValueError:  # a normalisation this indexer does not know: drawings go as they are
+            log.warning("model %s: unknown sketch normalisation %r", info.name, info.sketch_normalization)
+            self.sketch_normalization = SketchNormalization.NONE
 
     async def run(self, source: Source) -> IndexReport:
         started = time.perf_counter()
@@ -376,7 +382,9 @@ class IndexJob:
         )
 
         async def load(number: int) -> StreamBatch:
-            prepared, bad = await asyncio.to_thread(_prepare_all, [todo[i] for i in ranges[number]])
+            prepared, bad = await asyncio.to_thread(
+                _prepare_all, [todo[i] for i in ranges[number]], self.sketch_normalization
+            )
             captions = None
             if source.has_captions and prepared:
                 captions = asyncio.create_task(self._embed_captions([p.item for p in prepared]))
@@ -445,11 +453,13 @@ class IndexJob:
         self.store.upsert(target, points)
 
 
-def _prepare_all(items: Sequence[SourceItem]) -> tuple[list[PreparedItem], list[BadItem]]:
+def _prepare_all(
+    items: Sequence[SourceItem], sketch_normalization: SketchNormalization
+) -> tuple[list[PreparedItem], list[BadItem]]:
     prepared, bad = [], []
     for item in items:
         try:
-            prepared.append(prepare(item))
+            prepared.append(prepare(item, sketch_normalization))
         except ItemError as exc:
             bad.append(BadItem(item.relative_path, str(exc)))
     return prepared, bad

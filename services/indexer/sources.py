@@ -20,6 +20,7 @@ from PIL import Image
 from clipsearch.datasets import (
     DIGIT_WORDS,
     EMOJI_STYLES,
+    LINE_ART_STYLE,
     DatasetError,
     EmojiItem,
     list_image_folder,
@@ -28,7 +29,7 @@ from clipsearch.datasets import (
     read_emoji,
 )
 from clipsearch.media import png_bytes
-from clipsearch.preprocess import ImageInputError, decode_image
+from clipsearch.preprocess import ImageInputError, SketchNormalization, decode_image, normalize_sketch
 
 from .settings import IndexerSettings
 
@@ -55,6 +56,9 @@ class SourceItem:
     # Shorter forms of the caption, longest first, for a model that refuses it as too long (as
     # training truncates it): the first one accepted is embedded.
     caption_fallbacks: tuple[str, ...] = ()
+    # A drawing (emoji line art): embedded through the model's sketch normalisation, as training and
+    # a drawn query see it; the media store keeps it as it is.
+    drawing: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,7 @@ def _emoji_source(settings: IndexerSettings) -> Source:
             caption=captions[0],
             caption_fallbacks=captions[1:],
             load=_read_file(entry.image_path),
+            drawing=entry.style == LINE_ART_STYLE,
         )
         for entry in collection.items
         for captions in [emoji_captions(entry.label, entry.tags)]
@@ -358,15 +363,20 @@ def open_source(settings: IndexerSettings) -> Source:
     return source
 
 
-def prepare(item: SourceItem) -> PreparedItem:
-    """Read and check one item; raises ItemError for anything unreadable."""
+def prepare(
+    item: SourceItem, sketch_normalization: SketchNormalization = SketchNormalization.NONE
+) -> PreparedItem:
+    """Read and check one item; raises ItemError for anything unreadable. `sketch_normalization`:
+    the embedding model's, applied to drawings."""
     data = item.load()
     if item.generated:
         return PreparedItem(item=item, data=data, media_png=data)
     try:
         image = decode_image(data)
+        drawn = item.drawing and sketch_normalization is not SketchNormalization.NONE
+        sent = png_bytes(normalize_sketch(image, sketch_normalization)) if drawn else data
     except ImageInputError as exc:
         raise ItemError(f"{item.relative_path}: {exc}") from None
     # Small PNGs (MNIST) are kept as they are; anything else becomes a PNG (a thumbnail if large).
     is_small_png = data[:8] == b"\x89PNG\r\n\x1a\n" and max(image.size) <= 512
-    return PreparedItem(item=item, data=data, media_png=data if is_small_png else png_bytes(image))
+    return PreparedItem(item=item, data=sent, media_png=data if is_small_png else png_bytes(image))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from clipsearch.checkpoint import weights_fingerprint
+from clipsearch.encoder_client import EncoderClient, ImageNormalization
+from clipsearch.media import MediaStore
 from clipsearch.store import open_store
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
@@ -245,3 +247,28 @@ async def test_the_indexer_waits_for_the_encoder_to_pick_up_a_new_checkpoint(
         report = await waiting
     assert report.fingerprint == wanted
     assert report.published
+
+
+async def test_line_art_is_embedded_as_a_drawing_of_the_model_and_kept_as_it_is(
+    upgrade: MakeSettings, emoji_layout: Path, both_models: str
+) -> None:
+    """The emoji model records the line-art normalisation: its line-art images are embedded through
+    it, as training and a drawn query see them (a drawing's vector finds them at cosine 1)."""
+    settings = upgrade("better")
+    await run_index(settings)
+    line_art = (emoji_layout / "images" / "openmoji-line" / "2B50.png").read_bytes()
+    async with EncoderClient(both_models) as client:
+        assert (await client.model_info("better")).sketch_normalization == "line-art"
+        drawn = (await client.embed_sketches([line_art], model="better"))[0]
+        as_picture = (
+            await client.embed("image", [line_art], model="better", normalization=ImageNormalization.OFF)
+        ).vectors[0]
+    assert float(drawn @ as_picture) < 0.9999  # the normalisation changes what the model sees
+    store = open_store(None, settings.store_path)
+    try:
+        hit = store.search("emoji", drawn, k=1)[0]
+    finally:
+        store.close()
+    assert (hit.payload["id"], hit.payload["style"]) == ("2B50", "openmoji-line")
+    assert hit.score == pytest.approx(1.0, abs=1e-4)
+    assert MediaStore(settings.media_dir).path_for(hit.payload["media_key"]).read_bytes() == line_art
