@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from clipsearch.grpc_guard import DecodeGuard
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.auth import ApiKeyInterceptor
 from services.encoder.metrics import EncoderMetrics, MetricsServer
@@ -53,7 +54,11 @@ class EncoderServer:
         settings = self.settings
         for name in HEALTH_NAMES:
             await self.health.set(name, NOT_SERVING)
-        interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        )
+        # Innermost: a caller without the key is refused as such, whatever bytes it sent.
+        interceptors.append(DecodeGuard(self._count_undecodable))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -79,6 +84,9 @@ class EncoderServer:
             self._metrics_server = MetricsServer(self.metrics, settings.host, settings.metrics_port)
             self.metrics_port = self._metrics_server.port
         log.info("encoder listening on %s:%d (metrics port %s)", settings.host, self.port, self.metrics_port)
+
+    def _count_undecodable(self, method: str) -> None:
+        self.metrics.requests.labels(method=method.rsplit("/", 1)[-1], code="INVALID_ARGUMENT").inc()
 
     async def load_model(self) -> None:
         """Load the checkpoint off the event loop, then report SERVING."""

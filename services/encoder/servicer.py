@@ -95,7 +95,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def StreamEmbedImages(
         self, request_iterator: AsyncIterable[encoder_pb2.ImageBatch], context: Context
     ) -> AsyncIterator[encoder_pb2.ImageBatchResult]:
-        started, code, details = time.perf_counter(), grpc.StatusCode.OK, ""
+        started, details = time.perf_counter(), ""
+        code: grpc.StatusCode | None = grpc.StatusCode.OK
         try:
             runtime = self._ready()
             # The reader starts work on each batch as it arrives; answers go out in order.
@@ -112,14 +113,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 while not in_flight.empty():
                     if (leftover := in_flight.get_nowait()) is not None:
                         leftover.cancel()
+        except grpc.aio.AbortError:
+            # Already answered (a batch that does not decode, clipsearch.grpc_guard, which counts it).
+            code = None
+            raise
         except Exception as exc:
             code, details = self._status_of(exc, "StreamEmbedImages")
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._observe("StreamEmbedImages", code, started)
-        if code != grpc.StatusCode.OK:
+            if code is not None:
+                self._observe("StreamEmbedImages", code, started)
+        if code is not None and code != grpc.StatusCode.OK:
             await context.abort(code, details)
 
     async def _read_stream(

@@ -13,6 +13,7 @@ from clipsearch.affinity import pin_process
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import GrpcGateway
+from services.gateway.http_limits import uvicorn_options
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.gateway")
@@ -24,7 +25,13 @@ async def serve(settings: GatewaySettings) -> None:
     grpc_port = await grpc_gateway.start()
     app = create_app(settings, core)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, log_level="info", access_log=False, lifespan="on"
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+        **uvicorn_options(settings),  # the HTTP server's limits
     )
     server = uvicorn.Server(config)
     log.info(

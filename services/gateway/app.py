@@ -14,13 +14,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
 from services.gateway.errors import GatewayError, status_of
+from services.gateway.http_limits import BodyLimits
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.schemas import request_error
+from services.gateway.schemas import MAX_QUERY_BODY_BYTES, request_error
 from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 
@@ -30,6 +32,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 FORM_OVERHEAD_BYTES = 64 * 1024
 # Whole-body cap: one upload in a form, or a mixed query's base64 parts (each capped again after decoding).
 BODY_UPLOADS = 2
+# Form fields other than the file: candidate labels may come one per field.
+MAX_FORM_FIELDS = 1_024
+MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
 def create_app(settings: GatewaySettings | None = None, core: SearchCore | None = None) -> FastAPI:
@@ -47,11 +52,13 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             if owned:
                 await app.state.core.close()
 
+    max_body_bytes = BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     app = FastAPI(
         title="clipsearch gateway",
         summary="Search an image collection by text, image or sketch with a CLIP model.",
         version="1.0",
         lifespan=lifespan,
+        form_limits={"max_files": 1, "max_fields": MAX_FORM_FIELDS, "max_part_size": MAX_FORM_FIELD_BYTES},
     )
     app.state.settings = settings
     app.state.metrics = core.metrics if core is not None else GatewayMetrics()
@@ -77,10 +84,12 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             allow_headers=["content-type", API_KEY_HEADER],
         )
     app.add_middleware(
-        GuardMiddleware,
-        metrics=app.state.metrics,
-        max_body_bytes=BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        BodyLimits,
+        default_bytes=max_body_bytes,
+        path_bytes={f"{api.prefix}/search/text": MAX_QUERY_BODY_BYTES},
+        max_json_values=settings.max_json_values,
     )
+    app.add_middleware(GuardMiddleware, metrics=app.state.metrics)
     return app
 
 
@@ -94,13 +103,12 @@ async def _validation_error(request: Request, exc: RequestValidationError | Vali
 
 
 class GuardMiddleware:
-    """Rejects oversized bodies early, records metrics, and turns unexpected exceptions
-    into a JSON 500 without a traceback (logged here instead)."""
+    """Records metrics, and turns unexpected exceptions into a JSON 500 without a traceback
+    (logged here instead). A client that goes away mid-request is no error of ours."""
 
-    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,13 +123,9 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            length = _content_length(scope)
-            if length is not None and length > self.max_body_bytes:
-                await _send_json(
-                    tracking_send, 413, f"request body is {length} bytes; the limit is {self.max_body_bytes}"
-                )
-            else:
-                await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            status["code"] = 499  # nginx's "client closed request", for the metrics only
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not status["sent"]:
@@ -130,16 +134,6 @@ class GuardMiddleware:
             route = scope.get("route")
             operation = getattr(route, "path", "unmatched")
             self.metrics.observe("http", operation, str(status["code"]), time.perf_counter() - started)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:

@@ -30,10 +30,29 @@ class GatewaySettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50052, ge=0, le=65535)
 
+    # One uploaded image or sketch; a request body may hold two (a mixed query's base64 parts) plus
+    # the form around them. Past it: 413.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_k: int = Field(default=100, ge=1)
     max_offset: int = Field(default=10_000, ge=0)
     max_labels: int = Field(default=100, ge=1)
+
+    # What the HTTP server reads (services/gateway/http_limits.py; docs/reliability.md lists what a
+    # client gets past each): the request line (414), the header fields together and their number
+    # (431), how long the headers may take to arrive and how long a body may pause (408), open
+    # connections (503), values in a JSON body (413). Idle kept-alive connections close after
+    # http_keepalive_s.
+    http_max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    http_max_headers: int = Field(default=100, ge=8)
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=10.0, gt=0)
+    http_keepalive_s: float = Field(default=5.0, gt=0)
+    http_max_connections: int = Field(default=1024, ge=1)
+    max_json_values: int = Field(default=10_000, ge=64)
+    # What a refused client is told to wait before trying again (HTTP Retry-After, gRPC
+    # grpc-retry-pushback-ms).
+    retry_after_s: int = Field(default=1, ge=1)
 
     # Browser origins allowed to call the API from other sites; empty: same origin only.
     cors_origins: list[str] = Field(default_factory=list)

@@ -1,0 +1,151 @@
+"""Requests that do not decode are the caller's error: INVALID_ARGUMENT, logged as a warning.
+
+grpc-python deserializes a request before the servicer runs; when the bytes are not a
+valid message (garbage, invalid UTF-8 in a `string` field, a Struct nested past the
+parser's depth limit), the exception escapes the library's handler plumbing, which logs
+an ERROR with a traceback and answers UNKNOWN. `DecodeGuard` wraps every method's
+deserializer so that a failure becomes a marker value instead, and the method's
+behaviour so that a marker is answered INVALID_ARGUMENT naming the message type, with
+one warning line and no traceback. Both gRPC servers (the encoder and the gateway's
+Search service) install it as their innermost interceptor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    Context = Any
+    ServerInterceptor = grpc.aio.ServerInterceptor
+
+UndecodableObserver = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a guarded deserializer returns for bytes that are not a valid request."""
+
+    message_type: str
+    reason: str
+
+
+class DecodeGuard(ServerInterceptor):
+    """Undecodable requests are refused with INVALID_ARGUMENT; `on_refused(method)` counts them."""
+
+    def __init__(self, on_refused: UndecodableObserver | None = None) -> None:
+        self._on_refused = on_refused
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None or not _is_async(handler):
+            return handler
+        return _guarded(handler, details.method, self._refuse)
+
+    async def _refuse(self, method: str, bad: Undecodable, context: Context) -> None:
+        log.warning(
+            "%s: refused a request that does not decode as %s (%s)", method, bad.message_type, bad.reason
+        )
+        if self._on_refused is not None:
+            self._on_refused(method)
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request does not decode as {bad.message_type}: {bad.reason}",
+        )
+
+
+Refuse = Callable[[str, Undecodable, Context], Awaitable[None]]
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # The generated code passes `MessageType.FromString`; its class names the message.
+    owner = getattr(deserialize, "__self__", None)
+    message_type = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", None) or "the expected message"
+
+    def deserialize_or_mark(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # whatever the parser raises, the bytes are the caller's
+            reason = str(exc) or type(exc).__name__
+            return Undecodable(message_type, reason[:200])
+
+    return deserialize_or_mark
+
+
+def _is_async(handler: Handler) -> bool:
+    behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+
+
+async def _replies(replies: Any) -> AsyncIterator[Any]:
+    """A streaming handler's replies: an async generator's, or none from one that writes with
+    `context.write` (a coroutine)."""
+    if inspect.isawaitable(replies):
+        await replies
+        return
+    async for reply in replies:
+        yield reply
+
+
+def _guarded(handler: Handler, method: str, refuse: Refuse) -> Handler:
+    """A handler like `handler` whose requests that do not decode are refused before it runs."""
+    serializers = {
+        "request_deserializer": _safe_deserializer(handler.request_deserializer),  # type: ignore[arg-type]
+        "response_serializer": handler.response_serializer,
+    }
+
+    async def checked(requests: AsyncIterable[Any], context: Context) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                await refuse(method, request, context)  # raises grpc's AbortError
+            yield request
+
+    if handler.request_streaming and handler.response_streaming:
+        inner_stream_stream: Any = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterable[Any], context: Context) -> AsyncIterator[Any]:
+            async for reply in _replies(inner_stream_stream(checked(requests, context), context)):
+                yield reply
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+    if handler.request_streaming:
+        inner_stream_unary: Any = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterable[Any], context: Context) -> Any:
+            return await inner_stream_unary(checked(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
+    if handler.response_streaming:
+        inner_unary_stream: Any = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await refuse(method, request, context)
+            async for reply in _replies(inner_unary_stream(request, context)):
+                yield reply
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
+    inner_unary_unary: Any = handler.unary_unary
+
+    async def unary_unary(request: Any, context: Context) -> Any:
+        if isinstance(request, Undecodable):
+            await refuse(method, request, context)
+        return await inner_unary_unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
