@@ -84,12 +84,16 @@ def search_server_in_thread(settings: GatewaySettings) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def search_stub(indexed: Indexed, encoder_target: str) -> Iterator[search_pb2_grpc.SearchStub]:
+def search_port(indexed: Indexed, encoder_target: str) -> Iterator[int]:
+    """The gateway's gRPC Search server in a thread; yields its port."""
     settings = hardening_settings(indexed, encoder_target, host="127.0.0.1", grpc_port=0)
-    with (
-        search_server_in_thread(settings) as port,
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    with search_server_in_thread(settings) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def search_stub(search_port: int) -> Iterator[search_pb2_grpc.SearchStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{search_port}") as channel:
         yield search_pb2_grpc.SearchStub(channel)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from tests.hardening import raw_protobuf
 from tests.hardening.bad_inputs import (
     ODD_TEXTS,
     SERVICE_FUZZ,
@@ -223,6 +225,78 @@ def test_search_any_query(
     call(search_stub.SearchText, search_pb2.TextQuery(query=text, options=options), "grpc-search")
     part = search_pb2.QueryPart(text=text, weight=weight)
     call(search_stub.SearchMixed, search_pb2.MixedQuery(parts=[part], options=options), "grpc-search")
+
+
+# --- raw protobuf bytes (issue 17, #7: UNKNOWN and an ERROR traceback on both services) ---
+
+
+def raw_call(channel: grpc.Channel, method: str, payload: bytes, surface: str) -> grpc.StatusCode:
+    """Send `payload` as the request's wire bytes (no serialiser), check the answer, tally it."""
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        call(payload, timeout=CALL_TIMEOUT_S)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = exc.details() or ""
+        assert code in ALLOWED, f"{code.name}: {details[:300]} for {method} {payload[:80]!r}"
+        assert details.strip(), f"no message for {method} {payload[:80]!r}"
+    TALLY.record(surface, method.encode() + b"\n" + payload, code.name)
+    return code
+
+
+def channels(encoder_target: str, search_port: int) -> dict[str, tuple[grpc.Channel, str]]:
+    return {
+        "/clipsearch.v1.Encoder/": (grpc.insecure_channel(encoder_target), "grpc-encoder"),
+        "/clipsearch.v1.Search/": (grpc.insecure_channel(f"127.0.0.1:{search_port}"), "grpc-search"),
+    }
+
+
+def test_raw_bytes_that_do_not_decode_are_invalid_argument(
+    encoder_target: str, search_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    routes = channels(encoder_target, search_port)
+    refused = 0
+    for method, valid in raw_protobuf.valid_requests().items():
+        channel, surface = next(route for prefix, route in routes.items() if method.startswith(prefix))
+        assert raw_call(channel, method, valid, surface) in ALLOWED
+        for payload in raw_protobuf.bad_utf8_requests(method) + raw_protobuf.structural(method):
+            refused += raw_call(channel, method, payload, surface) == grpc.StatusCode.INVALID_ARGUMENT
+    for channel, _ in routes.values():
+        channel.close()
+    assert refused > 100
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert not errors, [record.getMessage()[:200] for record in errors[:5]]
+    assert any("does not decode" in record.getMessage() for record in caplog.records)
+
+
+def test_a_stream_batch_that_does_not_decode_ends_the_stream_invalid_argument(
+    encoder_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    good = encoder_pb2.ImageBatch(items=[encoder_pb2.ImageItem(id="a", data=PNG)]).SerializeToString()
+    with grpc.insecure_channel(encoder_target) as channel:
+        stream = channel.stream_stream(
+            "/clipsearch.v1.Encoder/StreamEmbedImages", request_serializer=None, response_deserializer=None
+        )
+        for bad in (raw_protobuf.field_bytes(1, raw_protobuf.field_bytes(1, b"\xff")), b"\xff" * 8):
+            replies = stream(iter([good, bad, good]), timeout=CALL_TIMEOUT_S)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(replies)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            TALLY.record("grpc-encoder", b"stream\n" + bad, refused.value.code().name)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert not errors, [record.getMessage()[:200] for record in errors[:5]]
+
+
+@SERVICE_FUZZ
+@given(payload=st.binary(max_size=200), which=st.integers(0, 7))
+def test_any_bytes(encoder_target: str, search_port: int, payload: bytes, which: int) -> None:
+    method = sorted(raw_protobuf.valid_requests())[which]
+    target = encoder_target if ".Encoder/" in method else f"127.0.0.1:{search_port}"
+    with grpc.insecure_channel(target) as channel:
+        raw_call(channel, method, payload, "grpc-encoder" if ".Encoder/" in method else "grpc-search")
 
 
 def test_services_still_answer_and_enough_inputs_were_tried(
