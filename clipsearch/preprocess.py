@@ -6,7 +6,6 @@ is turned into pixels the same way wherever it is embedded.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Sequence
 from enum import StrEnum
@@ -14,10 +13,19 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from clipsearch.image_limits import (
+    DEFAULT_MAX_DECODED_BYTES,
+    FORMAT_NAMES,
+    ImageLimitError,
+    load_shrunk,
+    open_checked,
+)
 
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
-# larger ones before decoding keeps a hostile upload from eating the memory.
+# larger ones before decoding keeps a hostile upload from eating the memory (so does
+# the budget for decoded bytes, clipsearch.image_limits, which in RGB is reached first).
 DEFAULT_MAX_PIXELS = 40_000_000
 # The image processor scales the shorter side up to the model's size, so a
 # 1x60000 strip (a few hundred bytes) would become gigabytes of pixels.
@@ -46,44 +54,57 @@ class ImageProcessor(Protocol):
     def __call__(self, images: list[Image.Image], return_tensors: str) -> dict[str, torch.Tensor]: ...
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode PNG/JPEG/WebP/GIF/BMP bytes into an upright RGB image on white.
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> Image.Image:
+    """Decode PNG/JPEG/WebP/GIF/BMP/TIFF bytes into an upright RGB image on white.
 
     EXIF orientation is applied, transparency is composited onto white, and
-    animated images give their first frame. Raises ImageInputError with a
-    message fit for the caller on anything that is not a usable image.
+    animated images give their first frame. The size is checked from the header before
+    anything is decoded, and an image larger than a model needs comes back shrunk
+    (clipsearch.image_limits). Raises ImageInputError with a message fit for the caller
+    on anything that is not a usable image.
     """
     if not data:
         raise ImageInputError("image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ImageInputError(f"image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageInputError(
-                    f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
-                )
-            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-                raise ImageInputError(
-                    f"image is {width}x{height}; one side may be at most {MAX_ASPECT_RATIO} times the other"
-                )
-            image.seek(0)  # first frame of an animation
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except ImageInputError:
-        raise
+            opened = open_checked(
+                data,
+                max_pixels=max_pixels,
+                max_aspect_ratio=MAX_ASPECT_RATIO,
+                max_decoded_bytes=max_decoded_bytes,
+            )
+            orientation = opened.getexif().get(ExifTags.Base.Orientation)
+            image = _oriented(load_shrunk(opened), orientation)
+    except ImageLimitError as exc:
+        raise ImageInputError(str(exc)) from None
     except UnidentifiedImageError:
-        raise ImageInputError(
-            "not a recognised image format (expected PNG, JPEG, WebP, GIF or BMP)"
-        ) from None
+        raise ImageInputError(f"not a recognised image format (expected {FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageInputError(f"image rejected as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         raise ImageInputError(f"image could not be decoded: {exc}") from None
     return to_rgb_on_white(image)
+
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _oriented(image: Image.Image, orientation: object) -> Image.Image:
+    """Upright, by the orientation read before the image was shrunk (a shrunk copy has no EXIF)."""
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def to_rgb_on_white(image: Image.Image) -> Image.Image:
@@ -181,10 +202,16 @@ def _mnist_normalize(drawing: Image.Image) -> Image.Image:
 
 
 def decode_sketch(
-    data: bytes, mode: SketchNormalization, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    mode: SketchNormalization,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Image.Image:
     """Sketch bytes (a canvas PNG, transparent or on white) to a model-domain RGB image."""
-    return normalize_sketch(decode_image(data, max_pixels=max_pixels), mode)
+    return normalize_sketch(
+        decode_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes), mode
+    )
 
 
 def pixel_values(images: Sequence[Image.Image], processor: ImageProcessor) -> torch.Tensor:

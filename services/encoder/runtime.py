@@ -57,6 +57,9 @@ class EncoderRuntime:
         self._preprocess = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
         )
+        # Text checks tokenize, off the event loop; one thread, as the check tokenizer is not
+        # safe beside itself (it is beside inference, which has its own).
+        self._text_checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-text-checks")
         self.texts: MicroBatcher[str] = self._batcher(self.embedder.embed_texts, metrics, "text")
         self.images: MicroBatcher[torch.Tensor] = self._batcher(self._embed_pixel_rows, metrics, "image")
 
@@ -88,15 +91,19 @@ class EncoderRuntime:
         await self.images.close()
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._preprocess.shutdown(wait=True, cancel_futures=True)
+        self._text_checks.shutdown(wait=True, cancel_futures=True)
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        # Checked here, on the event loop (tokenizing a request's texts takes microseconds): a check
-        # queued on the inference thread would wait behind the running batch and miss the next one.
+        # Checked before queueing, on a thread of their own: a check queued on the inference thread
+        # would wait behind the running batch and miss the next one, and one on the event loop
+        # would hold every other call while a request's texts are tokenized.
+        texts = list(texts)
+        loop = asyncio.get_running_loop()
         try:
-            self.embedder.check_texts(list(texts))
+            await loop.run_in_executor(self._text_checks, self.embedder.check_texts, texts)
         except TextInputError as exc:
             raise InputError(str(exc)) from None
-        return await self.texts.submit(list(texts))
+        return await self.texts.submit(texts)
 
     async def prepare(self, datas: Sequence[bytes], *, sketch: bool) -> list[torch.Tensor | InputError]:
         """Decode and preprocess each item on the pool: a (1, 3, H, W) tensor or the item's error."""
@@ -121,10 +128,17 @@ class EncoderRuntime:
         try:
             if sketch:
                 image = decode_sketch(
-                    data, self.checkpoint.meta.sketch_normalization, max_pixels=self.settings.max_pixels
+                    data,
+                    self.checkpoint.meta.sketch_normalization,
+                    max_pixels=self.settings.max_pixels,
+                    max_decoded_bytes=self.settings.max_decoded_bytes,
                 )
             else:
-                image = decode_image(data, max_pixels=self.settings.max_pixels)
+                image = decode_image(
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    max_decoded_bytes=self.settings.max_decoded_bytes,
+                )
         except ImageInputError as exc:
             return InputError(f"{kind} {position}: {exc}")
         return pixel_values([image], self.embedder.image_processor)

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
 from clipsearch.affinity import cpu_setting
+from clipsearch.image_limits import DEFAULT_MAX_DECODED_BYTES
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
@@ -47,6 +48,8 @@ class EncoderSettings(BaseSettings):
     max_items_per_request: int = Field(default=256, ge=1)
     max_image_bytes: int = Field(default=10 * MIB, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    # What decoding one image may hold at once (clipsearch.image_limits): about 16 megapixels of RGB.
+    max_decoded_bytes: int = Field(default=DEFAULT_MAX_DECODED_BYTES, ge=MIB)
     max_message_bytes: int = Field(default=64 * MIB, ge=1024)
     # Threads decoding and preprocessing images (inference has its own single thread).
     preprocess_threads: int = Field(default=2, ge=1)

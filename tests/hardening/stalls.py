@@ -11,9 +11,11 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+import grpc
 import httpx
 
 STALL_FACTOR = 5.0
@@ -36,8 +38,13 @@ class StallReport:
 
     @property
     def server_errors(self) -> int:
-        # 503 is the overload answer (with Retry-After); anything else 5xx is a fault.
-        return sum(count for status, count in self.statuses.items() if status >= 500 and status != 503)
+        # 503 is the overload answer (with Retry-After), as is RESOURCE_EXHAUSTED (500 + 8) in gRPC;
+        # anything else 5xx, or no answer (0), is a fault.
+        return sum(
+            count
+            for status, count in self.statuses.items()
+            if status == 0 or (status >= 500 and status not in (503, 508))
+        )
 
     def line(self) -> str:
         worst = max(self.latencies, default=0.0)
@@ -52,23 +59,51 @@ class StallReport:
 REPORTS: list[StallReport] = []
 
 
-class GoodClient:
-    """`with GoodClient(port, "family"):` queries `port` in a thread for the duration of the block."""
+GoodCall = Callable[[], int]  # one good request; its status (HTTP, or 200 for a gRPC OK)
 
-    def __init__(self, port: int, family: str) -> None:
-        self.base_url = f"http://127.0.0.1:{port}"
+
+def http_good_call(port: int) -> tuple[GoodCall, Callable[[], None]]:
+    """A keep-alive HTTP client's good text query, and how to close the client."""
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0)
+
+    def call() -> int:
+        try:
+            return client.get(GOOD_QUERY).status_code
+        except httpx.HTTPError:
+            return 0  # no answer at all
+
+    return call, client.close
+
+
+def grpc_good_call(call: Callable[[], object]) -> GoodCall:
+    """A gRPC call as a good request: 200 when it succeeds, else 500 + its code's number."""
+
+    def good() -> int:
+        try:
+            call()
+        except grpc.RpcError as exc:
+            return 500 + exc.code().value[0]
+        return 200
+
+    return good
+
+
+class GoodClient:
+    """`with GoodClient(call, "family"):` makes good calls in a thread for the duration of the block."""
+
+    def __init__(self, call: GoodCall, family: str) -> None:
+        self.call = call
         self.family = family
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"good-client-{family}", daemon=True)
         self.report: StallReport | None = None
 
     def __enter__(self) -> StallReport:
-        with httpx.Client(base_url=self.base_url, timeout=30.0) as client:
-            timings = []
-            for _ in range(BASELINE_REQUESTS):
-                started = time.monotonic()
-                client.get(GOOD_QUERY).raise_for_status()
-                timings.append(time.monotonic() - started)
+        timings = []
+        for _ in range(BASELINE_REQUESTS):
+            started = time.monotonic()
+            assert self.call() == 200, f"the good client's baseline call failed ({self.family})"
+            timings.append(time.monotonic() - started)
         baseline = statistics.median(timings)
         self.report = StallReport(self.family, baseline, max(STALL_FLOOR_S, STALL_FACTOR * baseline))
         REPORTS.append(self.report)
@@ -83,16 +118,12 @@ class GoodClient:
 
     def _run(self) -> None:
         assert self.report is not None
-        with httpx.Client(base_url=self.base_url, timeout=60.0) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    status = client.get(GOOD_QUERY).status_code
-                except httpx.HTTPError:
-                    status = 0  # no answer at all
-                self.report.latencies.append(time.monotonic() - started)
-                self.report.statuses[status] = self.report.statuses.get(status, 0) + 1
-                time.sleep(0.01)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = self.call()
+            self.report.latencies.append(time.monotonic() - started)
+            self.report.statuses[status] = self.report.statuses.get(status, 0) + 1
+            time.sleep(0.01)
 
 
 def summary() -> str:

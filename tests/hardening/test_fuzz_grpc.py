@@ -20,10 +20,12 @@ from tests.hardening.bad_inputs import (
     ODD_TEXTS,
     SERVICE_FUZZ,
     broken_images,
+    containers,
     mangled_images,
     odd_but_valid_images,
     valid_images,
 )
+from tests.hardening.stalls import GoodClient, grpc_good_call
 from tests.hardening.tally import TALLY
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
@@ -72,7 +74,12 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return found
 
 
-ALL_IMAGES = [*broken_images().values(), *mangled_images().values(), *odd_but_valid_images().values()]
+ALL_IMAGES = [
+    *broken_images().values(),
+    *mangled_images().values(),
+    *odd_but_valid_images().values(),
+    *containers().values(),
+]
 
 
 # --- encoder ---
@@ -106,6 +113,21 @@ def test_encoder_texts(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
         encoder_pb2.EmbedTextRequest(texts=["x" * 2_000_000]),
     ]:
         call(encoder_stub.EmbedText, request, "grpc-encoder")
+
+
+def test_huge_texts_are_refused_by_length_without_stalling_the_encoder(
+    encoder_stub: encoder_pb2_grpc.EncoderStub,
+) -> None:
+    """Issue 17, #3: one 8 MB text was tokenized whole on the event loop (4-7 s stall, +1 GB)."""
+    info = grpc_good_call(lambda: encoder_stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=60))
+    with GoodClient(info, "huge texts to the encoder") as report:
+        for size in (8 * 1024 * 1024, 4 * 1024 * 1024, 100_000):
+            for text in ("x" * size, "seven " * (size // 6), "\u4e03" * (size // 3)):
+                request = encoder_pb2.EmbedTextRequest(texts=["seven", text])
+                assert (
+                    call(encoder_stub.EmbedText, request, "grpc-encoder") == grpc.StatusCode.INVALID_ARGUMENT
+                )
+    assert report.server_errors == 0, report.line()
 
 
 @SERVICE_FUZZ

@@ -21,7 +21,7 @@ from services.gateway.settings import GatewaySettings
 from tests.hardening.bad_inputs import SERVICE_FUZZ
 from tests.hardening.conftest import LIVE_HTTP_LIMITS, MAX_UPLOAD_BYTES
 from tests.hardening.raw_http import RawReply, ReplyReader, chunked, connect, exchange, read_reply, request
-from tests.hardening.stalls import GoodClient
+from tests.hardening.stalls import GoodClient, http_good_call
 from tests.hardening.tally import TALLY
 
 SURFACE = "http-raw"
@@ -36,8 +36,10 @@ REFUSED = {400, 404, 405, 408, 413, 414, 415, 422, 431}
 
 @pytest.fixture(scope="module", autouse=True)
 def good_client(live_http: int) -> Iterator[None]:
-    with GoodClient(live_http, "raw HTTP framing and headers") as report:
+    call, close = http_good_call(live_http)
+    with GoodClient(call, "raw HTTP framing and headers") as report:
         yield
+    close()
     assert report.server_errors == 0, report.line()
     assert report.statuses.get(200), report.line()
 
