@@ -141,11 +141,14 @@ class IndexJob:
                 f"{len(source.bad)} unreadable entries in the source:\n" + _listing(source.bad)
             )
 
-        present = {point_id for point_id in self.store.ids(target) if self._mine(point_id)}
+        # Store calls block (disk, network, index builds): each runs in a worker thread so the event
+        # loop keeps serving the encoder stream and the caption tasks.
+        stored = await asyncio.to_thread(self.store.ids, target)
+        present = {point_id for point_id in stored if self._mine(point_id)}
         wanted = {item.id for item in items}
         gone = present - wanted
         if gone:
-            self.store.delete(target, gone)
+            await asyncio.to_thread(self.store.delete, target, gone)
             report.deleted = len(gone)
         todo = [item for item in items if item.id not in present]
         report.already_present = len(items) - len(todo)
@@ -156,15 +159,19 @@ class IndexJob:
             raise IndexerError(
                 f"{len(report.errors)} items could not be indexed:\n" + _listing(report.errors)
             )
-        report.count = self.store.count(target)
-        held = len([i for i in self.store.ids(target) if self._mine(i)]) if sharded else report.count
+        report.count = await asyncio.to_thread(self.store.count, target)
+        held = report.count
+        if sharded:
+            held = len([i for i in await asyncio.to_thread(self.store.ids, target) if self._mine(i)])
         expected = len(items) - (len(report.errors) - len(source.bad))
         if held != expected:
             raise IndexerError(
                 f"{target} holds {held} points of this run's items but {expected} were expected"
             )
         if report.mode == "full" and not sharded:  # shards leave publishing to a final run without shards
-            self.store.finish_version(self.settings.collection, target, keep=self.settings.keep_versions)
+            await asyncio.to_thread(
+                self.store.finish_version, self.settings.collection, target, keep=self.settings.keep_versions
+            )
             report.published = True
         report.seconds = time.perf_counter() - started
         return report
@@ -174,7 +181,7 @@ class IndexJob:
 
     async def _choose_target(self, source: Source, vector_names: list[str]) -> tuple[str, IndexReport]:
         alias, fingerprint = self.settings.collection, self.info.fingerprint
-        live = self.store.collection_info(alias)
+        live = await asyncio.to_thread(self.store.collection_info, alias)
         report = IndexReport(alias, "", self.settings.mode, source.identity, fingerprint)
         if self.settings.mode == "incremental" and live is not None:
             if live.fingerprint != fingerprint:
@@ -194,13 +201,16 @@ class IndexJob:
             report.collection = live.name
             return live.name, report
         report.mode = "full"
-        pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source.identity)
+        pending = await asyncio.to_thread(
+            self.store.pending_version, alias, fingerprint=fingerprint, source=source.identity
+        )
         if pending is None and self.settings.shard_index > 0:
             pending = await self._wait_for_shard_zero(alias, fingerprint, source.identity)
         if pending is not None:
             report.collection, report.resumed = pending, True
             return pending, report
-        report.collection = self.store.create_version(
+        report.collection = await asyncio.to_thread(
+            self.store.create_version,
             alias,
             dim=self.info.embedding_dim,
             fingerprint=fingerprint,
@@ -214,7 +224,9 @@ class IndexJob:
         deadline = time.monotonic() + self.settings.shard_wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
-            pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source)
+            pending = await asyncio.to_thread(
+                self.store.pending_version, alias, fingerprint=fingerprint, source=source
+            )
             if pending is not None:
                 return pending
         raise IndexerError(
@@ -365,22 +377,24 @@ async def run_index(
         except EncoderError as exc:
             raise IndexerError(f"cannot reach the encoder at {settings.encoder}: {exc}") from None
         owned = store is None
-        target = store or open_store(
-            settings.qdrant_url,
-            settings.store_path,
-            settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            layout=ClusterLayout(
-                shard_number=settings.qdrant_shard_number,
-                replication_factor=settings.qdrant_replication_factor,
-                write_consistency_factor=settings.qdrant_write_consistency_factor,
-            ),
-        )
+        if store is None:
+            store = await asyncio.to_thread(
+                open_store,
+                settings.qdrant_url,
+                settings.store_path,
+                settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                layout=ClusterLayout(
+                    shard_number=settings.qdrant_shard_number,
+                    replication_factor=settings.qdrant_replication_factor,
+                    write_consistency_factor=settings.qdrant_write_consistency_factor,
+                ),
+            )
         try:
-            job = IndexJob(settings, target, client, info, stop_after_batches=stop_after_batches)
+            job = IndexJob(settings, store, client, info, stop_after_batches=stop_after_batches)
             return await job.run(source)
         finally:
             if owned:
-                target.close()
+                await asyncio.to_thread(store.close)
     finally:
         await client.close()
 

@@ -111,7 +111,12 @@ def test_dockerignore_keeps_local_state_out() -> None:
         assert dockerignore_excludes(path, patterns), path
     for path in ["clipsearch/__pycache__/store.cpython-311.pyc", "services/gateway/.mypy_cache/x"]:
         assert dockerignore_excludes(path, patterns), path
-    for path in ["pyproject.toml", "requirements.lock", "clipsearch/store.py", "services/gateway/static"]:
+    for path in [
+        "pyproject.toml",
+        "requirements.lock",
+        "clipsearch/store/base.py",
+        "services/gateway/static",
+    ]:
         assert not dockerignore_excludes(path, patterns), path
 
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,3 +254,43 @@ async def test_a_store_held_by_another_process_is_a_clear_error(
             await run_index(settings)
     finally:
         holder.close()
+
+
+class ThreadRecordingStore:
+    """A real store that notes, for each call, whether it ran on the event loop's thread."""
+
+    def __init__(self, store: Any, loop_thread: int) -> None:
+        self._store = store
+        self._loop_thread = loop_thread
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, threading.get_ident() == self._loop_thread))
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+async def test_store_calls_run_off_the_event_loop(make_settings: MakeSettings, image_folder: Path) -> None:
+    settings = make_settings(source="folder", folder=image_folder, collection="pets")
+    store = open_store(None, settings.store_path)
+    recording = ThreadRecordingStore(store, threading.get_ident())
+    try:
+        await run_index(settings, store=recording)  # type: ignore[arg-type]
+        (image_folder / "cats" / "1.png").unlink()
+        incremental = make_settings(
+            source="folder", folder=image_folder, collection="pets", mode="incremental"
+        )
+        report = await run_index(incremental, store=recording)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert (report.deleted, report.count) == (1, 5)
+    called = {name for name, _ in recording.calls}
+    expected = {"collection_info", "pending_version", "create_version", "ids", "delete", "upsert", "count"}
+    assert expected | {"finish_version"} <= called
+    assert [name for name, on_loop in recording.calls if on_loop] == []
