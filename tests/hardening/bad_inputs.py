@@ -250,3 +250,37 @@ def containers() -> dict[str, bytes]:
         "tga": struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, 20000, 20000, 24, 0) + bytes(64),
         "qoi": b"qoif" + struct.pack(">II", 20000, 20000) + b"\x04\x00" + bytes(16),
     }
+
+
+# Strings no check foresaw: halves of surrogate pairs, noncharacters, controls, marks, widths,
+# case mappings that change length, digits of other scripts, the largest code point.
+UNICODE_EDGES: dict[str, str] = {
+    "lone high surrogate": "\ud800",
+    "lone low surrogate": "\udfff",
+    "surrogate inside text": "test\ud83dtest",
+    "reversed pair": "\ude00\ud83d",
+    "nul": "\x00",
+    "bom": "\ufeff",
+    "noncharacters": "\ufffe\uffff\U0010ffff",
+    "replacement character": "\ufffd",
+    "controls": "\x01\x1b[2J\x7f\x85",
+    "bidi override": "\u202etset\u202c",
+    "combining pile": "t" + "\u0301" * 2000,
+    "zwj emoji": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "fullwidth digits": "\uff17",
+    "arabic-indic digits": "\u0667",
+    "dotted capital i": "\u0130" * 50,
+    "sharp s": "\u00df" * 50,
+    "line separators": "a\u2028b\u2029c",
+    "private use": "\ue000\U000f0000",
+    "tags": "\U000e0074\U000e0065\U000e0073\U000e0074",
+    "long": "\u4e03" * 5000,
+}
+
+
+def utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

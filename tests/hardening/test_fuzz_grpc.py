@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,43 +17,19 @@ from tests.hardening import raw_protobuf
 from tests.hardening.bad_inputs import (
     ODD_TEXTS,
     SERVICE_FUZZ,
+    UNICODE_EDGES,
     broken_images,
     containers,
     mangled_images,
     odd_but_valid_images,
+    utf8_encodable,
     valid_images,
 )
+from tests.hardening.grpc_fuzz import ALLOWED, CALL_TIMEOUT_S, call
 from tests.hardening.stalls import GoodClient, grpc_good_call
 from tests.hardening.tally import TALLY
 
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 PNG = valid_images()["png"]
-CALL_TIMEOUT_S = 30.0
-
-
-def call(method: Callable[..., Any], request: Message, surface: str) -> grpc.StatusCode:
-    """One call; fail on INTERNAL/UNKNOWN (or any other non-answer); tally it by its wire bytes."""
-    name = getattr(method, "_method", b"?")
-    TALLY_KEY = bytes(name) + b"\n" + request.SerializeToString(deterministic=True)
-    try:
-        reply = method(request, timeout=CALL_TIMEOUT_S)
-        code = grpc.StatusCode.OK
-        check_reply(reply)
-    except grpc.RpcError as exc:
-        code = exc.code()
-        details = exc.details() or ""
-        assert code in ALLOWED, f"{code.name}: {details[:300]} for {name!r} {str(request)[:300]}"
-        assert details.strip(), f"INVALID_ARGUMENT without a message for {str(request)[:300]}"
-        assert "Traceback" not in details
-    TALLY.record(surface, TALLY_KEY, code.name)
-    return code
-
-
-def check_reply(reply: Message) -> None:
-    if isinstance(reply, search_pb2.ClassifyResponse):
-        assert all(math.isfinite(score.probability) for score in reply.scores), str(reply)[:300]
-    if isinstance(reply, encoder_pb2.EmbedResponse):
-        assert all(math.isfinite(v) for e in reply.embeddings for v in e.values)
 
 
 def texts() -> Iterator[str]:
@@ -319,6 +293,41 @@ def test_any_bytes(encoder_target: str, search_port: int, payload: bytes, which:
     target = encoder_target if ".Encoder/" in method else f"127.0.0.1:{search_port}"
     with grpc.insecure_channel(target) as channel:
         raw_call(channel, method, payload, "grpc-encoder" if ".Encoder/" in method else "grpc-search")
+
+
+FILTER_FIELDS = ["split", "label", "style", "group", "subgroup"]
+
+
+@pytest.mark.parametrize("name", sorted(name for name, edge in UNICODE_EDGES.items() if utf8_encodable(edge)))
+def test_unicode_edges_in_every_field(
+    search_stub: search_pb2_grpc.SearchStub, encoder_stub: encoder_pb2_grpc.EncoderStub, name: str
+) -> None:
+    """Strings protobuf can carry (it will not serialise a lone surrogate; invalid UTF-8 on the
+    wire is the raw-bytes family above)."""
+    edge = UNICODE_EDGES[name]
+    calls: list[tuple[Callable[..., Any], Any, str]] = [
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[edge]), "grpc-encoder"),
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=["seven"], model=edge), "grpc-encoder"),
+        (search_stub.SearchText, search_pb2.TextQuery(query=edge), "grpc-search"),
+        (
+            search_stub.SearchMixed,
+            search_pb2.MixedQuery(parts=[search_pb2.QueryPart(text=edge)]),
+            "grpc-search",
+        ),
+        (
+            search_stub.Classify,
+            search_pb2.ClassifyRequest(image=PNG, labels=[edge, "two"], templates=["a {} " + edge]),
+            "grpc-search",
+        ),
+    ]
+    for key in [*FILTER_FIELDS, edge]:
+        for value in (edge, ["test", edge]):
+            options = search_pb2.QueryOptions(filter=struct({key: value}))
+            calls.append(
+                (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+            )
+    for method, request, surface in calls:
+        assert call(method, request, surface) in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_services_still_answer_and_enough_inputs_were_tried(
