@@ -1,7 +1,9 @@
 """Async client for the encoder service, used by the indexer and the gateway.
 
-Every call has a deadline; UNAVAILABLE is retried with backoff, INVALID_ARGUMENT
-becomes EncoderInputError (the caller's fault), anything else EncoderUnavailable.
+Every call has a deadline (and no later than the request's, clipsearch.overload.DEADLINE);
+UNAVAILABLE is retried with backoff, INVALID_ARGUMENT becomes EncoderInputError (the
+caller's fault), RESOURCE_EXHAUSTED EncoderOverloaded (shed: not retried), anything else
+EncoderUnavailable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clipsearch.overload import DeadlineExpired, DeadlineInterceptor, retry_pushback_s, time_left
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -33,6 +36,14 @@ class EncoderInputError(EncoderError):
 
 class EncoderUnavailable(EncoderError):
     """The encoder could not be reached or failed; try again later."""
+
+
+class EncoderOverloaded(EncoderUnavailable):
+    """The encoder refused the call at once for lack of capacity (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def embeddings_to_array(embeddings: Sequence[encoder_pb2.Embedding]) -> np.ndarray:
@@ -56,6 +67,8 @@ class EncoderClient:
         self._metadata = ((API_KEY_HEADER, api_key),) if api_key else None
         self._channel = grpc.aio.insecure_channel(
             target,
+            # A call made for a request with a deadline gets no more time than the request has left.
+            interceptors=[DeadlineInterceptor()],  # type: ignore[list-item]  # the stubs cannot name it
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -84,12 +97,26 @@ class EncoderClient:
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         for attempt in range(self.retries + 1):
+            left = time_left()
+            if left is not None and left <= 0:  # the request this call is for has run out of time
+                raise DeadlineExpired("the deadline passed before the encoder was called")
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                if (
+                    code == grpc.StatusCode.DEADLINE_EXCEEDED
+                    and (left := time_left()) is not None
+                    and left <= 0
+                ):
+                    raise DeadlineExpired("the deadline passed while the encoder worked") from None
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise EncoderInputError(exc.details() or "invalid input") from None
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # shed: not retried here, the caller is told
+                    raise EncoderOverloaded(
+                        f"encoder at {self.target}: {exc.details()}",
+                        retry_pushback_s(exc.trailing_metadata()),
+                    ) from None
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)

@@ -18,6 +18,7 @@ import torch
 from clipsearch.batching import BatchFn, Item, MicroBatcher, on_executor
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder, TextInputError
+from clipsearch.overload import Overloaded
 from clipsearch.preprocess import ImageInputError, decode_image, decode_sketch, pixel_values
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.settings import EncoderSettings
@@ -60,6 +61,7 @@ class EncoderRuntime:
         # Text checks tokenize, off the event loop; one thread, as the check tokenizer is not
         # safe beside itself (it is beside inference, which has its own).
         self._text_checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-text-checks")
+        self._preparing = 0  # images decoding or waiting for the preprocessing pool
         self.texts: MicroBatcher[str] = self._batcher(self.embedder.embed_texts, metrics, "text")
         self.images: MicroBatcher[torch.Tensor] = self._batcher(self._embed_pixel_rows, metrics, "image")
 
@@ -70,6 +72,9 @@ class EncoderRuntime:
             max_wait_ms=self.settings.max_wait_ms,
             enabled=self.settings.batching,
             on_batch=metrics.batch_size.labels(kind=kind).observe,
+            max_queued_items=self.settings.max_queued_items,
+            max_queue_wait_s=self.settings.max_queue_wait_ms / 1000.0,
+            retry_after_s=self.settings.retry_after_s,
         )
 
     @classmethod
@@ -105,17 +110,32 @@ class EncoderRuntime:
             raise InputError(str(exc)) from None
         return await self.texts.submit(texts)
 
-    async def prepare(self, datas: Sequence[bytes], *, sketch: bool) -> list[torch.Tensor | InputError]:
-        """Decode and preprocess each item on the pool: a (1, 3, H, W) tensor or the item's error."""
-        loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch)
-            for position, data in enumerate(datas)
-        ]
-        return list(await asyncio.gather(*jobs))
+    async def prepare(
+        self, datas: Sequence[bytes], *, sketch: bool, interactive: bool = True
+    ) -> list[torch.Tensor | InputError]:
+        """Decode and preprocess each item on the pool: a (1, 3, H, W) tensor or the item's error.
 
-    async def embed_pixels(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
-        return await self.images.submit(list(rows))
+        The pool's queue is bounded like the batchers' (Overloaded past `max_queued_items`
+        images waiting or being decoded); bulk work (a stream's) is bounded by its caller."""
+        limit = self.settings.max_queued_items
+        if interactive and self._preparing and self._preparing + len(datas) > limit:
+            raise Overloaded(
+                f"over capacity ({self._preparing} images being decoded); retry in {self.settings.retry_after_s:g} s",
+                self.settings.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        self._preparing += len(datas)
+        try:
+            jobs = [
+                loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch)
+                for position, data in enumerate(datas)
+            ]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            self._preparing -= len(datas)
+
+    async def embed_pixels(self, rows: Sequence[torch.Tensor], *, interactive: bool = True) -> np.ndarray:
+        return await self.images.submit(list(rows), interactive=interactive)
 
     def _prepare_one(self, position: int, data: bytes, sketch: bool) -> torch.Tensor | InputError:
         kind = "sketch" if sketch else "image"

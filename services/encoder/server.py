@@ -61,6 +61,8 @@ class EncoderServer:
         interceptors.append(DecodeGuard(self._count_undecodable))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
+            # Calls past this are refused by gRPC itself, RESOURCE_EXHAUSTED, before any work.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

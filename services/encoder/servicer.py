@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clipsearch.acceleration import CpuMode
+from clipsearch.overload import DeadlineExpired, Overloaded, follow_deadline, pushback_metadata
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.runtime import EncoderRuntime, InputError
@@ -97,6 +98,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> AsyncIterator[encoder_pb2.ImageBatchResult]:
         started, details = time.perf_counter(), ""
         code: grpc.StatusCode | None = grpc.StatusCode.OK
+        trailers: tuple[tuple[str, str], ...] = ()
+        follow_deadline(context)
         try:
             runtime = self._ready()
             # The reader starts work on each batch as it arrives; answers go out in order.
@@ -119,6 +122,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             raise
         except Exception as exc:
             code, details = self._status_of(exc, "StreamEmbedImages")
+            trailers = _pushback(exc)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -126,7 +130,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             if code is not None:
                 self._observe("StreamEmbedImages", code, started)
         if code is not None and code != grpc.StatusCode.OK:
-            await context.abort(code, details)
+            await context.abort(code, details, trailers)
 
     async def _read_stream(
         self,
@@ -148,9 +152,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def _embed_stream_batch(
         self, runtime: EncoderRuntime, batch: encoder_pb2.ImageBatch
     ) -> encoder_pb2.ImageBatchResult:
-        prepared = await runtime.prepare([item.data for item in batch.items], sketch=False)
+        # Bulk work: bounded by the stream's batches in flight, not refused for the queue's length.
+        prepared = await runtime.prepare([item.data for item in batch.items], sketch=False, interactive=False)
         good = [(p, value) for p, value in enumerate(prepared) if isinstance(value, torch.Tensor)]
-        rows = await runtime.embed_pixels([value for _, value in good]) if good else np.zeros((0, 0))
+        rows = (
+            await runtime.embed_pixels([value for _, value in good], interactive=False)
+            if good
+            else np.zeros((0, 0))
+        )
         vectors = {position: row for (position, _), row in zip(good, rows, strict=True)}
         results = []
         for position, item in enumerate(batch.items):
@@ -200,6 +209,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self, method: str, context: Context, work: Callable[[EncoderRuntime], Awaitable[T]]
     ) -> T:
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        follow_deadline(context)
         try:
             return await work(self._ready())
         except asyncio.CancelledError:
@@ -207,9 +217,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             raise
         except Exception as exc:
             code, details = self._status_of(exc, method)
+            trailers = _pushback(exc)
         finally:
             self._observe(method, code, started)
-        await context.abort(code, details)
+        await context.abort(code, details, trailers)
 
     @staticmethod
     def _status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
@@ -217,12 +228,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         if isinstance(exc, ModelNotReady):
             return grpc.StatusCode.UNAVAILABLE, str(exc)
+        if isinstance(exc, Overloaded):  # refused at once, before any work: the caller retries later
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        if isinstance(exc, DeadlineExpired):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
         log.exception("%s failed", method, exc_info=exc)
         return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the encoder log"
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
+
+
+def _pushback(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    return pushback_metadata(exc.retry_after_s) if isinstance(exc, Overloaded) else ()
 
 
 def serving_dtype(runtime: EncoderRuntime) -> str:

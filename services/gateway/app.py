@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
-from services.gateway.errors import GatewayError, status_of
+from services.gateway.errors import GatewayError, Overloaded, status_of
 from services.gateway.http_limits import BodyLimits
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.schemas import MAX_QUERY_BODY_BYTES, request_error
@@ -94,7 +95,8 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http)
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if isinstance(exc, Overloaded) else None
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from clipsearch.batching import MicroBatcher
-from clipsearch.encoder_client import EncoderClient, EncoderInputError, EncoderUnavailable
+from clipsearch.encoder_client import EncoderClient, EncoderInputError, EncoderOverloaded, EncoderUnavailable
 from clipsearch.v1 import encoder_pb2
-from services.gateway.errors import QueryError, Unavailable
+from services.gateway.errors import Overloaded, QueryError, Unavailable
 from services.gateway.facts import Facts
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.query_cache import QueryCache
@@ -40,6 +40,9 @@ class QueryEmbedder:
             max_in_flight=max(settings.encoder_calls_in_flight, 1),
             isolate=lambda exc: isinstance(exc, EncoderInputError),
             on_batch=metrics.encoder_call_texts.observe,
+            # Bounded by the gateway's admission already; this keeps the batcher bounded on its own.
+            max_queued_items=max(settings.max_in_flight, settings.encoder_texts_per_call),
+            retry_after_s=settings.retry_after_s,
         )
 
     async def close(self) -> None:
@@ -112,6 +115,8 @@ class QueryEmbedder:
                 vectors = await self.encoder.embed_sketches(items)
         except EncoderInputError as exc:
             raise QueryError(f"the encoder cannot use this {kind}: {exc}") from None
+        except EncoderOverloaded as exc:  # the encoder refused at once: shed, as the gateway would
+            raise Overloaded(f"the encoder is over capacity: {exc}", exc.retry_after_s) from None
         except EncoderUnavailable as exc:
             self._model.clear()
             self.metrics.dependency_errors.labels("encoder").inc()

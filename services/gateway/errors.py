@@ -47,6 +47,10 @@ class Overloaded(Unavailable):
         self.retry_after_s = retry_after_s
 
 
+class DeadlineExceeded(GatewayError):
+    """The caller's deadline (gRPC) passed before the query could be answered."""
+
+
 # Refusals by the HTTP server itself, before a request reaches the application (http_limits.py).
 
 
@@ -89,6 +93,7 @@ STATUSES: dict[type[BaseException], Status] = {
     NotFound: Status(404, grpc.StatusCode.NOT_FOUND),
     Unavailable: Status(503, grpc.StatusCode.UNAVAILABLE),
     Overloaded: Status(503, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    DeadlineExceeded: Status(504, grpc.StatusCode.DEADLINE_EXCEEDED),
     # HTTP only (the gRPC server has its own framing limits); the codes are their nearest kin.
     MalformedHttp: Status(400, grpc.StatusCode.INVALID_ARGUMENT),
     UriTooLong: Status(414, grpc.StatusCode.INVALID_ARGUMENT),

@@ -20,9 +20,10 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from clipsearch.grpc_guard import DecodeGuard
+from clipsearch.overload import follow_deadline, pushback_metadata
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import API_KEY_HEADER, key_matches
-from services.gateway.errors import GatewayError, QueryError, status_of
+from services.gateway.errors import GatewayError, Overloaded, QueryError, status_of
 from services.gateway.schemas import (
     MAX_LABELS_READ,
     MAX_PARTS,
@@ -66,6 +67,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     ) -> T:
         started = time.perf_counter()
         outcome = "OK"
+        follow_deadline(context)  # the encoder call and the queues give it no more time than it has
         try:
             try:
                 return await call()
@@ -74,7 +76,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         except GatewayError as exc:
             code = status_of(exc).grpc
             outcome = code.name
-            await context.abort(code, str(exc))
+            trailers = pushback_metadata(exc.retry_after_s) if isinstance(exc, Overloaded) else ()
+            await context.abort(code, str(exc), trailers)
         except Exception:
             outcome = "INTERNAL"
             log.exception("unhandled error in %s", operation)

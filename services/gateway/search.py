@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from clipsearch import overload
+from clipsearch.overload import Admission
 from clipsearch.store import FILTERABLE_FIELDS, CollectionInfo, SearchHit
 from clipsearch.v1 import encoder_pb2
 from services.gateway.collections import Collection, Collections
 from services.gateway.embedding import QueryEmbedder
-from services.gateway.errors import QueryError, Unavailable
+from services.gateway.errors import DeadlineExceeded, Overloaded, QueryError, Unavailable
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.schemas import (
     ClassifyQuery,
@@ -81,6 +85,14 @@ class SearchCore:
             max_labels=settings.max_labels,
             max_upload_bytes=settings.max_upload_bytes,
         )
+        # Queries past capacity are refused at once rather than queued (clipsearch.overload).
+        self.admission = Admission(
+            max_in_flight=settings.max_in_flight,
+            max_queued=settings.max_queued,
+            max_wait_s=settings.max_queue_wait_s,
+            retry_after_s=settings.retry_after_s,
+            what="gateway queries",
+        )
 
     async def close(self) -> None:
         await self.embedder.close()
@@ -90,9 +102,10 @@ class SearchCore:
 
     async def search_text(self, query: TextQuery) -> SearchResponse:
         started = time.perf_counter()
-        target = await self._target(query)
-        vector = (await self.embedder.embed(target.model, "text", [query.query]))[0]
-        return await self._search(target, vector, query, started)
+        async with self._admitted():
+            target = await self._target(query)
+            vector = (await self.embedder.embed(target.model, "text", [query.query]))[0]
+            return await self._search(target, vector, query, started)
 
     async def search_image(
         self, data: bytes, options: SearchOptions, *, sketch: bool = False
@@ -100,9 +113,10 @@ class SearchCore:
         started = time.perf_counter()
         kind: PartKind = "sketch" if sketch else "image"
         self.limits.check_upload(data, kind)
-        target = await self._target(options)
-        vector = (await self.embedder.embed(target.model, kind, [data]))[0]
-        return await self._search(target, vector, options, started)
+        async with self._admitted():
+            target = await self._target(options)
+            vector = (await self.embedder.embed(target.model, kind, [data]))[0]
+            return await self._search(target, vector, options, started)
 
     async def search_mixed(self, query: MixedQuery) -> SearchResponse:
         """Weighted sum of the parts' unit vectors, normalised; negative weights steer away."""
@@ -110,29 +124,31 @@ class SearchCore:
         for position, part in enumerate(query.parts):
             if isinstance(part.content, bytes):
                 self.limits.check_upload(part.content, f"part {position} {part.kind}")
-        target = await self._target(query)
-        vectors = await self.embedder.embed_parts(target.model, query.parts)
-        weights = np.asarray([part.weight for part in query.parts], dtype=np.float64)
-        # Only the weights' ratios matter (the sum is normalised): scaling them to at most 1
-        # keeps weights like 1e38 from overflowing float32 into a NaN query vector.
-        scaled = weights / np.abs(weights).max()
-        combined = np.sum(scaled[:, None] * vectors.astype(np.float64), axis=0)
-        norm = float(np.linalg.norm(combined))
-        if norm < 1e-6:
-            raise QueryError("the weighted parts cancel out; change the weights")
-        return await self._search(target, (combined / norm).astype(np.float32), query, started)
+        async with self._admitted():
+            target = await self._target(query)
+            vectors = await self.embedder.embed_parts(target.model, query.parts)
+            weights = np.asarray([part.weight for part in query.parts], dtype=np.float64)
+            # Only the weights' ratios matter (the sum is normalised): scaling them to at most 1
+            # keeps weights like 1e38 from overflowing float32 into a NaN query vector.
+            scaled = weights / np.abs(weights).max()
+            combined = np.sum(scaled[:, None] * vectors.astype(np.float64), axis=0)
+            norm = float(np.linalg.norm(combined))
+            if norm < 1e-6:
+                raise QueryError("the weighted parts cancel out; change the weights")
+            return await self._search(target, (combined / norm).astype(np.float32), query, started)
 
     async def classify(self, data: bytes, query: ClassifyQuery) -> ClassifyResponse:
         """Zero-shot probabilities over the labels, prompts averaged per label (prompt ensemble)."""
         started = time.perf_counter()
         self.limits.check_upload(data, query.kind)
         self.limits.check_labels(query.labels)
-        templates = query.templates or await self._default_templates()
-        model = await self.embedder.model()
-        temperature = query.temperature or (1.0 / model.logit_scale if model.logit_scale > 0 else 0.01)
-        prompts = [template.format(label) for label in query.labels for template in templates]
-        text_vectors = await self.embedder.embed_texts_batched(model, prompts)
-        image_vector = (await self.embedder.embed(model, query.kind, [data]))[0]
+        async with self._admitted():
+            templates = query.templates or await self._default_templates()
+            model = await self.embedder.model()
+            temperature = query.temperature or (1.0 / model.logit_scale if model.logit_scale > 0 else 0.01)
+            prompts = [template.format(label) for label in query.labels for template in templates]
+            text_vectors = await self.embedder.embed_texts_batched(model, prompts)
+            image_vector = (await self.embedder.embed(model, query.kind, [data]))[0]
         per_label = text_vectors.reshape(len(query.labels), len(templates), -1).mean(axis=1)
         per_label /= np.maximum(np.linalg.norm(per_label, axis=1, keepdims=True), 1e-12)
         # float64, so any finite temperature gives finite logits.
@@ -212,6 +228,18 @@ class SearchCore:
         }
 
     # --- internals ---
+
+    @asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A slot for one query; refusals for capacity or a passed deadline as gateway errors."""
+        try:
+            async with self.admission.slot():
+                yield
+        except overload.Overloaded as exc:
+            self.metrics.shed.inc()
+            raise Overloaded(str(exc), exc.retry_after_s) from None
+        except overload.DeadlineExpired as exc:
+            raise DeadlineExceeded(str(exc)) from None
 
     async def _target(self, options: SearchOptions) -> Target:
         """The collection to search with its facts and model, checked against each other."""
