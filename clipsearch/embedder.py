@@ -97,6 +97,7 @@ class Embedder:
                     f"text {position} is {len(text):,} characters; this model takes at most "
                     f"{self.max_text_tokens} tokens, which is never more than {self.max_text_chars:,}"
                 )
+        texts = list(texts)  # each within the length limit: a bounded copy
         lengths = self.token_counts(texts)
         for position, (text, length) in enumerate(zip(texts, lengths, strict=True)):
             if not text.strip():

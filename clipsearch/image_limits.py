@@ -12,7 +12,7 @@ is decoded, and what is held at once is bounded.
 - Decodings of more than LARGE_DECODE_BYTES run one at a time in the process, so a
   request of many large images, or many requests of one, hold one large raster at a time.
 - Right after decoding, an image larger than any model needs is shrunk by an integer
-  factor (a box filter), so what follows (orientation, colour conversion, sketch
+  factor (a box filter) and turned upright, so what follows (colour conversion, sketch
   normalisation, the model's processor) works on a small copy.
 """
 
@@ -24,7 +24,7 @@ import threading
 import warnings
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 
 # Formats whose header gives the size of what is decoded. The message names them.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -48,6 +48,10 @@ _BYTES_PER_PIXEL = {"1": 2, "L": 1, "P": 5, "I;16": 5, "I;16B": 5, "I;16L": 5, "
 _DEFAULT_BYTES_PER_PIXEL = 4
 
 _large_decodes = threading.Semaphore(1)
+# Pillow keeps the blocks (16 MB each) of freed images for the next image, up to one budget's
+# worth. Returned to malloc instead, they would stay in the arena of the thread that decoded
+# them, and two decoding threads would hold two large rasters' worth between them.
+Image.core.set_blocks_max(max(1, DEFAULT_MAX_DECODED_BYTES // Image.core.get_block_size()))
 
 
 class ImageLimitError(ValueError):
@@ -91,11 +95,36 @@ def decoded_bytes(image: Image.Image) -> int:
 
 
 def load_shrunk(image: Image.Image) -> Image.Image:
-    """Decode the first frame of an image from `open_checked` and shrink it to a working size."""
+    """Decode the first frame of an image from `open_checked`, shrink it to a working size (the
+    full-size raster is let go before the next large decoding may start) and turn it upright
+    by its EXIF orientation."""
     if decoded_bytes(image) <= LARGE_DECODE_BYTES:
-        return _shrink(_first_frame(image))
+        return _decoded_and_shrunk(image)
     with _large_decodes:
-        return _shrink(_first_frame(image))
+        return _decoded_and_shrunk(image)
+
+
+def _decoded_and_shrunk(image: Image.Image) -> Image.Image:
+    # Read once decoded: asked before, a PNG decodes itself whole to look for EXIF after its pixels.
+    orientation = _first_frame(image).getexif().get(ExifTags.Base.Orientation)
+    shrunk = _shrink(image)
+    if shrunk is not image:
+        image.close()  # frees the full-size raster now, not when the caller lets go of `image`
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return shrunk.transpose(method) if method is not None else shrunk
+
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose, which
+# a shrunk copy, having no EXIF, cannot use).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _first_frame(image: Image.Image) -> Image.Image:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from clipsearch.image_limits import (
     DEFAULT_MAX_DECODED_BYTES,
@@ -76,8 +76,7 @@ def decode_image(
                 max_aspect_ratio=MAX_ASPECT_RATIO,
                 max_decoded_bytes=max_decoded_bytes,
             )
-            orientation = opened.getexif().get(ExifTags.Base.Orientation)
-            image = _oriented(load_shrunk(opened), orientation)
+            image = load_shrunk(opened)
     except ImageLimitError as exc:
         raise ImageInputError(str(exc)) from None
     except UnidentifiedImageError:
@@ -87,24 +86,6 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         raise ImageInputError(f"image could not be decoded: {exc}") from None
     return to_rgb_on_white(image)
-
-
-# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _oriented(image: Image.Image, orientation: object) -> Image.Image:
-    """Upright, by the orientation read before the image was shrunk (a shrunk copy has no EXIF)."""
-    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
-    return image.transpose(method) if method is not None else image
 
 
 def to_rgb_on_white(image: Image.Image) -> Image.Image:

@@ -102,13 +102,14 @@ class EncoderRuntime:
         # Checked before queueing, on a thread of their own: a check queued on the inference thread
         # would wait behind the running batch and miss the next one, and one on the event loop
         # would hold every other call while a request's texts are tokenized.
-        texts = list(texts)
+        # `texts` may be a request's repeated field: checked one text at a time (each becomes a
+        # Python string only while its length is looked at) before any is copied out whole.
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._text_checks, self.embedder.check_texts, texts)
         except TextInputError as exc:
             raise InputError(str(exc)) from None
-        return await self.texts.submit(texts)
+        return await self.texts.submit(list(texts))
 
     async def prepare(
         self, datas: Sequence[bytes], *, sketch: bool, interactive: bool = True
@@ -126,9 +127,11 @@ class EncoderRuntime:
         loop = asyncio.get_running_loop()
         self._preparing += len(datas)
         try:
+            # Each item is taken out of `datas` (a request's repeated field: a copy per access) on
+            # the pool, so only the items being decoded are copied at a time.
             jobs = [
-                loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch)
-                for position, data in enumerate(datas)
+                loop.run_in_executor(self._preprocess, self._prepare_at, datas, position, sketch)
+                for position in range(len(datas))
             ]
             return list(await asyncio.gather(*jobs))
         finally:
@@ -136,6 +139,9 @@ class EncoderRuntime:
 
     async def embed_pixels(self, rows: Sequence[torch.Tensor], *, interactive: bool = True) -> np.ndarray:
         return await self.images.submit(list(rows), interactive=interactive)
+
+    def _prepare_at(self, datas: Sequence[bytes], position: int, sketch: bool) -> torch.Tensor | InputError:
+        return self._prepare_one(position, datas[position], sketch)
 
     def _prepare_one(self, position: int, data: bytes, sketch: bool) -> torch.Tensor | InputError:
         kind = "sketch" if sketch else "image"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -46,7 +46,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self, request: encoder_pb2.EmbedTextRequest, context: Context
     ) -> encoder_pb2.EmbedResponse:
         async def work(runtime: EncoderRuntime) -> encoder_pb2.EmbedResponse:
-            texts = list(request.texts)
+            # The repeated field itself: each text becomes a Python string only once it is checked.
+            texts = request.texts
             self._check_count(len(texts), "texts")
             rows = await runtime.embed_texts(texts)
             self.metrics.items.labels(kind="text").inc(len(texts))
@@ -60,7 +61,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return await self._unary(
             "EmbedImages",
             context,
-            lambda runtime: self._embed_all(runtime, list(request.images), sketch=False),
+            lambda runtime: self._embed_all(runtime, request.images, sketch=False),
         )
 
     async def EmbedSketches(
@@ -69,7 +70,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return await self._unary(
             "EmbedSketches",
             context,
-            lambda runtime: self._embed_all(runtime, list(request.sketches), sketch=True),
+            lambda runtime: self._embed_all(runtime, request.sketches, sketch=True),
         )
 
     async def GetModelInfo(
@@ -172,7 +173,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return encoder_pb2.ImageBatchResult(results=results, model_fingerprint=runtime.checkpoint.fingerprint)
 
     async def _embed_all(
-        self, runtime: EncoderRuntime, datas: list[bytes], *, sketch: bool
+        self, runtime: EncoderRuntime, datas: Sequence[bytes], *, sketch: bool
     ) -> encoder_pb2.EmbedResponse:
         self._check_count(len(datas), "sketches" if sketch else "images")
         prepared = await runtime.prepare(datas, sketch=sketch)

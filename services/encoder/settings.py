@@ -59,7 +59,10 @@ class EncoderSettings(BaseSettings):
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     # What decoding one image may hold at once (clipsearch.image_limits): about 16 megapixels of RGB.
     max_decoded_bytes: int = Field(default=DEFAULT_MAX_DECODED_BYTES, ge=MIB)
-    max_message_bytes: int = Field(default=64 * MIB, ge=1024)
+    # A message costs about twice its size while it is handled (gRPC's buffer and the parsed
+    # copy): 32 MiB keeps one call near 100 MB. The indexer's batches must fit (its batch size
+    # times its images' size).
+    max_message_bytes: int = Field(default=32 * MIB, ge=1024)
     # Threads decoding and preprocessing images (inference has its own single thread).
     preprocess_threads: int = Field(default=2, ge=1)
     # When set, every Encoder call needs metadata `x-api-key` with this value

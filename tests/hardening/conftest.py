@@ -22,7 +22,7 @@ from services.gateway.http_limits import uvicorn_options
 from services.gateway.settings import GatewaySettings
 from tests.gateway import conftest as gateway_fixtures
 from tests.gateway.conftest import Indexed, settings_for
-from tests.hardening import stalls
+from tests.hardening import stalls, test_memory
 from tests.hardening.tally import TALLY
 
 # The gateway tests' indexed collection (digits through the real encoder), shared here.
@@ -42,6 +42,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(TALLY.summary())
     if stalls.REPORTS:
         terminalreporter.write_line(stalls.summary())
+    if test_memory.GROWTHS:
+        terminalreporter.write_line(test_memory.summary())
 
 
 def hardening_settings(indexed: Indexed, encoder: str, **overrides: object) -> GatewaySettings:
