@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, exactly pinned: a looser spec would pull the multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	# Every service's extra: the demo and the tests run them all.
+	$(PY) -m pip install -q -c requirements.lock -e '.[encoder,gateway,indexer,training,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

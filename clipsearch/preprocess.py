@@ -9,10 +9,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from clipsearch.image_limits import (
@@ -22,6 +21,9 @@ from clipsearch.image_limits import (
     load_shrunk,
     open_checked,
 )
+
+if TYPE_CHECKING:  # annotations only: the indexer imports this module and must not need torch
+    import torch
 
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
 # larger ones before decoding keeps a hostile upload from eating the memory (so does
