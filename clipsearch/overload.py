@@ -119,12 +119,22 @@ class Admission:
         finally:
             self._release()
 
+    @property
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused at once (for a front end to refuse it
+        before reading it, at little cost)."""
+        return self.in_flight >= self.max_in_flight and len(self._waiting) >= self.max_queued
+
+    def refusal(self) -> Overloaded:
+        """The refusal `slot()` gives when full (counted)."""
+        return self._refusal(f"{self.what}: {self.in_flight} in progress and {len(self._waiting)} waiting")
+
     async def _acquire(self, deadline: float | None) -> None:
         if self.in_flight < self.max_in_flight and not self._waiting:
             self.in_flight += 1
             return
         if len(self._waiting) >= self.max_queued:
-            raise self._refusal(f"{self.what}: {self.in_flight} in progress and {len(self._waiting)} waiting")
+            raise self.refusal()
         wait_s = self.max_wait_s
         if deadline is not None:
             wait_s = min(wait_s, deadline - time.monotonic())

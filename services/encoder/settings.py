@@ -47,13 +47,15 @@ class EncoderSettings(BaseSettings):
     batching: bool = True
     max_items_per_request: int = Field(default=256, ge=1)
     # Overload (clipsearch.overload): past these the encoder refuses at once, RESOURCE_EXHAUSTED
-    # with grpc-retry-pushback-ms (retry_after_s), instead of queueing: calls in progress, items
-    # waiting per kind (texts; images decoding or waiting), and how long an item may wait for the
-    # model before it is refused rather than started. A stream's batches (bulk indexing) are
-    # bounded by the stream instead and wait as long as their deadline allows.
+    # with grpc-retry-pushback-ms (retry_after_s), instead of queueing: calls in progress and items
+    # waiting per kind (texts; images decoding or waiting). An item that waited longer than
+    # max_queue_wait_ms (a backstop for callers without a deadline; one with a deadline is never
+    # started past it) is refused rather than started: long enough that a stall of the machine
+    # is not taken for overload. A stream's batches (bulk indexing) are bounded by the stream
+    # instead and wait as long as their deadline allows.
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     max_queued_items: int = Field(default=512, ge=1)
-    max_queue_wait_ms: float = Field(default=500.0, gt=0)
+    max_queue_wait_ms: float = Field(default=2000.0, gt=0)
     retry_after_s: float = Field(default=1.0, gt=0)
     max_image_bytes: int = Field(default=10 * MIB, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)

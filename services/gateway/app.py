@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
 from services.gateway.errors import GatewayError, Overloaded, status_of
-from services.gateway.http_limits import BodyLimits
+from services.gateway.http_limits import BodyLimits, ShedMiddleware
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.schemas import MAX_QUERY_BODY_BYTES, request_error
 from services.gateway.search import SearchCore
@@ -90,6 +90,8 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
         path_bytes={f"{api.prefix}/search/text": MAX_QUERY_BODY_BYTES},
         max_json_values=settings.max_json_values,
     )
+    # Queries take their admission slot before their bodies are read: refusing one costs little.
+    app.add_middleware(ShedMiddleware, prefixes=(f"{api.prefix}/search/", f"{api.prefix}/classify"))
     app.add_middleware(GuardMiddleware, metrics=app.state.metrics)
     return app
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +40,7 @@ from services.gateway.errors import (
     HeadersTooLarge,
     HttpLimitError,
     MalformedHttp,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     TooManyConnections,
@@ -364,3 +366,29 @@ def _is_json(scope: Scope) -> bool:
             media_type = value.split(b";", 1)[0].strip().lower()
             return media_type.endswith(_JSON_TYPES)
     return False
+
+
+class ShedMiddleware:
+    """Refuses a query at once, before anything reads it, while the gateway's admission
+    (clipsearch.overload) is full: under overload a refusal then costs no body parsing or
+    validation. It takes no slot itself (a client slow to send its body must not hold one);
+    the search core takes it once the query is read, and may still refuse it then."""
+
+    def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            core = getattr(scope["app"].state, "core", None)
+            if core is not None and core.admission.full:
+                core.metrics.shed.inc()
+                exc = core.admission.refusal()
+                refusal = Overloaded(str(exc), exc.retry_after_s)
+                headers = {"Retry-After": str(math.ceil(refusal.retry_after_s))}
+                response = JSONResponse(
+                    {"detail": str(refusal)}, status_code=status_of(refusal).http, headers=headers
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

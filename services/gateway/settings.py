@@ -56,8 +56,8 @@ class GatewaySettings(BaseSettings):
     # Overload (clipsearch.overload): queries in progress at once, HTTP and gRPC together; past
     # them up to max_queued wait, each at most max_queue_wait_s; the rest are refused at once
     # (503 with Retry-After, RESOURCE_EXHAUSTED). Probes, /info and media are not counted.
-    max_in_flight: int = Field(default=64, ge=1)
-    max_queued: int = Field(default=64, ge=0)
+    max_in_flight: int = Field(default=32, ge=1)
+    max_queued: int = Field(default=32, ge=0)
     max_queue_wait_s: float = Field(default=0.05, ge=0)
 
     # Browser origins allowed to call the API from other sites; empty: same origin only.
