@@ -62,6 +62,7 @@ OK, REFUSED, OTHER = "answered", "refused", "other"
 # Connections (HTTP) the open-loop generator keeps; a query finding none free waits for one.
 CONNECTIONS = 256
 LATENCY_TARGET_MS = 50.0  # the gateway's p99 target (bench.gateway)
+OTHER_CODES: dict[str, int] = {}  # what the "other" outcomes were
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Phase:
     offered_per_s: float
     seconds: float
     outcomes: list[tuple[str, float]] = field(default_factory=list)  # (kind, latency s)
+    lags: list[float] = field(default_factory=list)  # s from a query's scheduled time to its sending
     rss_start: dict[str, int] = field(default_factory=dict)  # KiB
     rss_peak: dict[str, int] = field(default_factory=dict)
 
@@ -90,6 +92,8 @@ class Phase:
         else:
             parts.append("refused     0")
         parts.append(f"other {other}")
+        if self.lags:  # the load generator falling behind its schedule (it shares the machine)
+            parts.append(f"generator lag p99 {np.percentile(self.lags, 99) * 1000:.0f} ms")
         memory = ", ".join(
             f"{name} {self.rss_start[name] / 1024:.0f}->{self.rss_peak[name] / 1024:.0f} MiB"
             for name in self.rss_start
@@ -137,6 +141,8 @@ class HttpTarget:
         if closes:  # refused at the connection limit: open another for the next query
             connection = await self.stack.enter_async_context(KeepAliveConnection("127.0.0.1", self.port))
         self.free.put_nowait(connection)
+        if status not in (200, 429, 503):
+            OTHER_CODES[str(status)] = OTHER_CODES.get(str(status), 0) + 1
         return OK if status == 200 else REFUSED if status in (429, 503) else OTHER
 
 
@@ -159,7 +165,10 @@ class GrpcTarget:
                 await self.stub.EmbedText(encoder_pb2.EmbedTextRequest(texts=[query]), timeout=30)
             return OK
         except grpc.aio.AioRpcError as exc:
-            return REFUSED if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else OTHER
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return REFUSED
+            OTHER_CODES[exc.code().name] = OTHER_CODES.get(exc.code().name, 0) + 1
+            return OTHER
 
 
 async def sample_memory(pids: dict[str, int], phase: Phase, stop_event: asyncio.Event) -> None:
@@ -218,6 +227,7 @@ async def open_loop(send: Send, name: str, rate: float, seconds: float, pids: di
     pending: set[asyncio.Task[None]] = set()
 
     async def one(scheduled: float, query: str | bytes) -> None:
+        phase.lags.append(time.monotonic() - scheduled)
         kind = await send(query)
         phase.outcomes.append((kind, time.monotonic() - scheduled))
 
@@ -298,6 +308,10 @@ async def run(args: argparse.Namespace) -> int:
     )
     for phase in phases:
         print(phase.line())
+    if OTHER_CODES:
+        print(
+            "other outcomes: " + ", ".join(f"{code} x{count}" for code, count in sorted(OTHER_CODES.items()))
+        )
     return 0
 
 
