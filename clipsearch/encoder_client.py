@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clipsearch.overload import DeadlineExpired, DeadlineInterceptor, retry_pushback_s, time_left
+from clipsearch.overload import DeadlineExpired, retry_pushback_s, time_left
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -67,8 +67,6 @@ class EncoderClient:
         self._metadata = ((API_KEY_HEADER, api_key),) if api_key else None
         self._channel = grpc.aio.insecure_channel(
             target,
-            # A call made for a request with a deadline gets no more time than the request has left.
-            interceptors=[DeadlineInterceptor()],  # type: ignore[list-item]  # the stubs cannot name it
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -93,6 +91,12 @@ class EncoderClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _timeout(self) -> float:
+        """The call's deadline: `timeout_s`, and no more than the request it serves has left
+        (never zero: gRPC takes that for none; a spent deadline fails the call at once)."""
+        left = time_left()
+        return self.timeout_s if left is None else max(0.001, min(self.timeout_s, left))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
@@ -137,7 +141,7 @@ class EncoderClient:
     async def model_info(self) -> encoder_pb2.ModelInfo:
         return await self._call(
             lambda: self._stub.GetModelInfo(
-                encoder_pb2.GetModelInfoRequest(), timeout=self.timeout_s, metadata=self._metadata
+                encoder_pb2.GetModelInfoRequest(), timeout=self._timeout(), metadata=self._metadata
             )
         )
 
@@ -145,7 +149,7 @@ class EncoderClient:
         reply = await self._call(
             lambda: self._stub.EmbedText(
                 encoder_pb2.EmbedTextRequest(texts=list(texts)),
-                timeout=self.timeout_s,
+                timeout=self._timeout(),
                 metadata=self._metadata,
             )
         )
@@ -155,7 +159,7 @@ class EncoderClient:
         reply = await self._call(
             lambda: self._stub.EmbedImages(
                 encoder_pb2.EmbedImagesRequest(images=list(images)),
-                timeout=self.timeout_s,
+                timeout=self._timeout(),
                 metadata=self._metadata,
             )
         )
@@ -165,7 +169,7 @@ class EncoderClient:
         reply = await self._call(
             lambda: self._stub.EmbedSketches(
                 encoder_pb2.EmbedSketchesRequest(sketches=list(sketches)),
-                timeout=self.timeout_s,
+                timeout=self._timeout(),
                 metadata=self._metadata,
             )
         )

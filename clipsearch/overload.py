@@ -21,11 +21,9 @@ import asyncio
 import contextvars
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-
-import grpc
 
 # Pushback trailer of gRPC's retry design (gRFC A6): how long a refused caller should wait.
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -65,21 +63,6 @@ def retry_pushback_s(metadata: Any, default: float = 1.0) -> float:
             except ValueError:
                 return default
     return default
-
-
-class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """A client call made for a request with a deadline (DEADLINE) gets no more time than is left."""
-
-    async def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
-    ) -> Any:
-        left = time_left()
-        if left is not None:
-            timeout = client_call_details.timeout
-            if timeout is None or timeout > left:
-                # Never zero: gRPC treats that as no deadline; a spent one fails at once.
-                client_call_details = client_call_details._replace(timeout=max(left, 0.001))
-        return await continuation(client_call_details, request)
 
 
 def follow_deadline(context: Any) -> None:
