@@ -1,6 +1,7 @@
 # clipsearch: the targets the README names.
 #   make demo   train the compact model if needed, index MNIST, serve (http://localhost:8080)
-#   make test   lint, type-check and run the test suite
+#   make test   lint, type-check and run the whole test suite (CI), printing the 15 slowest tests
+#   make test-fast   the tests not marked slow (no lint)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -30,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -39,23 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
 from bench.http_load import KeepAliveConnection
 from bench.stack import (
     TRAINED,
-    free_port,
     index_mnist,
     start_encoder,
     start_gateway,
-    stop,
     trained_or_random_checkpoint,
-    wait_for,
-    wait_for_gateway,
+    wait_encoder,
+    wait_gateway,
 )
-from clipsearch.encoder_client import EncoderClient
+from clipsearch.processes import Service, free_port, rss_kib
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 OK, REFUSED, OTHER = "answered", "refused", "other"
@@ -99,13 +96,6 @@ class Phase:
             for name in self.rss_start
         )
         return " | ".join(parts) + f" | RSS {memory}"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 Send = Callable[[str | bytes], Awaitable[str]]  # a query (a text, or an image's bytes) -> its outcome
@@ -258,10 +248,9 @@ async def run(args: argparse.Namespace) -> int:
         encoder_port = free_port()
         target = f"127.0.0.1:{encoder_port}"
         encoder = start_encoder(model_path, encoder_port, 1, workdir / "encoder.log")
-        gateway = None
+        gateway: Service | None = None
         try:
-            async with EncoderClient(target) as client:
-                await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
+            await wait_encoder(encoder, target)
             pids = {"encoder": encoder.pid}
             if args.target == "gateway":
                 mnist_dir = os.environ.get("MNIST_DIR", "var/data/mnist")
@@ -275,8 +264,7 @@ async def run(args: argparse.Namespace) -> int:
                     workdir / "gateway.log",
                     {"GATEWAY_QUERY_CACHE_SIZE": "0", **gateway_settings},
                 )
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-                    await wait_for_gateway(http, gateway, workdir / "gateway.log")
+                await wait_gateway(gateway, http_port)
                 pids["gateway"] = gateway.pid
                 connection: HttpTarget | GrpcTarget = HttpTarget(http_port)
             else:
@@ -294,9 +282,9 @@ async def run(args: argparse.Namespace) -> int:
                         )
                     )
         finally:
-            for process in (gateway, encoder):
-                if process is not None:
-                    stop(process)
+            for service in (gateway, encoder):
+                if service is not None:
+                    service.stop()
     print(
         f"model: {model_kind}; target: {args.target}; {args.kind} queries, each distinct; "
         f"{os.cpu_count()} CPUs; settings: {' '.join(args.set) or 'defaults'}"

@@ -19,6 +19,9 @@ The queue is bounded (clipsearch.overload): past `max_queued_items` waiting, a
 request is refused at once (`Overloaded`); work that waited past `max_queue_wait_s`
 (`Overloaded`) or its deadline (`DeadlineExpired`; the caller's, `overload.DEADLINE`,
 unless given) is failed instead of started, and work whose caller gave up is dropped.
+
+A batch runs with the request ids of the requests it serves (`clipsearch.logs`), so the
+gateway's shared calls carry them all to the encoder and log lines name them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from clipsearch.logs import REQUEST_ID, current_request_id, joined_request_ids
 from clipsearch.overload import DEADLINE, DeadlineExpired, Overloaded
 
 Item = TypeVar("Item")
@@ -59,6 +63,7 @@ class _Work(Generic[Item]):
     interactive: bool = True
     enqueued_at: float = field(default_factory=time.monotonic)
     queued: bool = True  # counted in the batcher's queued items
+    request_id: str | None = field(default_factory=current_request_id)
 
 
 class MicroBatcher(Generic[Item]):
@@ -244,6 +249,8 @@ class MicroBatcher(Generic[Item]):
             task.add_done_callback(self._running.discard)
 
     async def _answer(self, batch: list[_Work[Item]]) -> None:
+        # A task of its own: the id set here is this batch's only.
+        REQUEST_ID.set(joined_request_ids([work.request_id for work in batch]))
         try:
             items = [item for work in batch for item in work.items]
             try:
@@ -274,6 +281,7 @@ class MicroBatcher(Generic[Item]):
         for work in batch:
             if work.future.done():
                 continue
+            REQUEST_ID.set(work.request_id)
             try:
                 rows = await self._run(work.items)
             except asyncio.CancelledError:

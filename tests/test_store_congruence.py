@@ -201,6 +201,7 @@ def scenario(open_backend: Opener, root: Path, alias: str = "digits") -> dict[st
     return rec.record
 
 
+@pytest.mark.slow
 def test_local_mode_and_edge_observe_the_same(tmp_path: Path) -> None:
     local = scenario(BACKENDS["local"], tmp_path / "local")
     edge = scenario(BACKENDS["edge"], tmp_path / "edge")

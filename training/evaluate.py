@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import torch
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from clipsearch.datasets import DatasetError
 from clipsearch.embedder import Embedder
+from clipsearch.logs import configure_logging
 from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
@@ -297,9 +299,9 @@ def run(
     return report
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m training.evaluate") -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -324,9 +326,9 @@ def parser() -> argparse.ArgumentParser:
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m training.evaluate") -> int:
+    args = parser(prog).parse_args(argv)
+    configure_logging()
     kind: Literal["mnist", "captions", "folders"] = (
         "captions" if args.captions else "folders" if args.image_folder else "mnist"
     )

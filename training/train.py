@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm import tqdm
 
 from clipsearch.checkpoint import load_checkpoint, pick_device
 from clipsearch.embedder import Embedder, image_features, text_features
+from clipsearch.progress import progress_bar
 from training.config import TrainConfig
 from training.data import PairData, augment, background_fill, load_pairs, sample_captions, split
 from training.freezing import apply_freezing, text_tower_frozen
@@ -184,7 +184,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             model.text_model.eval()  # no dropout in a frozen tower: its cached outputs stay exact
         order = torch.randperm(len(train_data), generator=generator)
         started, cpu_started, losses, seen = time.perf_counter(), time.process_time(), [], 0
-        bar = tqdm(
+        bar = progress_bar(
             range(batches_per_epoch),
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not config.progress,

@@ -4,7 +4,7 @@ filterable payload fields with the one check of a user filter (`validate_filter`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,10 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached (server down, files locked by another process)."""
+
+
+class CollectionNotFound(StoreError):
+    """The collection named does not exist (for a version: it was dropped)."""
 
 
 class FingerprintMismatch(StoreError):
@@ -178,15 +182,32 @@ class VectorStore(Protocol):
         """Cosine top-k; `filter` as accepted by validate_filter."""
         ...
 
+    def aliases(self) -> dict[str, str]:
+        """The published collections: alias -> the version it points at."""
+        ...
+
+    def facet(self, name_or_alias: str, key: str, *, limit: int) -> dict[Any, int] | None:
+        """The values of payload field `key` with their counts, most frequent first; None when the
+        field has more than `limit` distinct values (too many to list)."""
+        ...
+
     def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
         ...
 
     # --- write side (indexer) ---
     def create_version(
-        self, alias: str, *, dim: int, fingerprint: str, vector_names: Sequence[str], source: str
+        self,
+        alias: str,
+        *,
+        dim: int,
+        fingerprint: str,
+        vector_names: Sequence[str],
+        source: str,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
-        """A new, empty physical collection for `alias`; returns its name."""
+        """A new, empty physical collection for `alias`; returns its name. `extra`: more facts for
+        its manifest (the model's name, credits), reported in CollectionInfo.extra."""
         ...
 
     def pending_version(self, alias: str, *, fingerprint: str, source: str) -> str | None:

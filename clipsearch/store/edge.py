@@ -32,6 +32,7 @@ import qdrant_edge as qe
 from clipsearch.store.base import (
     FILTERABLE_FIELDS,
     CollectionInfo,
+    CollectionNotFound,
     Point,
     SearchHit,
     StoreError,
@@ -244,7 +245,7 @@ class EdgeStore(VersionedStore):
     def _manifest(self, name: str) -> dict[str, Any]:
         entry: dict[str, Any] | None = self._state["versions"].get(name)
         if entry is None:
-            raise StoreError(f"collection {name!r} does not exist")
+            raise CollectionNotFound(f"collection {name!r} does not exist")
         return {key: value for key, value in entry.items() if key not in _EDGE_KEYS}
 
     def _describe(self, name: str, alias: str | None) -> CollectionInfo | None:
@@ -322,6 +323,15 @@ class EdgeStore(VersionedStore):
         except Exception as exc:
             raise StoreError(f"search in {name!r} failed: {exc}") from exc
         return [SearchHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+    def _facet(self, name: str, key: str, limit: int) -> list[tuple[Any, int]]:
+        try:
+            found = self._shard(name).facet(qe.FacetRequest(key, limit=limit, exact=True))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"listing the values of {key!r} in {name!r} failed: {exc}") from exc
+        return [(hit.value, int(hit.count)) for hit in found.hits]
 
     # --- the rest of VectorStore ------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from clipsearch.store.base import (
     FILTERABLE_FIELDS,
     ClusterLayout,
     CollectionInfo,
+    CollectionNotFound,
     Point,
     SearchHit,
     StoreError,
@@ -100,10 +101,16 @@ class QdrantStore(VersionedStore):
                 raise StoreUnavailable(
                     f"Qdrant at {self._where} is unreachable ({action}): {details}"
                 ) from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CollectionNotFound(f"Qdrant at {self._where} cannot {action}: {details}") from None
             raise StoreError(f"Qdrant at {self._where} failed to {action}: {details}") from None
         except UnexpectedResponse as exc:
+            if exc.status_code == 404:
+                raise CollectionNotFound(f"Qdrant at {self._where} cannot {action}: {exc}") from None
             raise StoreError(f"Qdrant at {self._where} failed to {action}: {exc}") from None
         except (ValueError, RuntimeError) as exc:  # local mode reports bad names etc. as ValueError
+            if "not found" in str(exc):
+                raise CollectionNotFound(f"store at {self._where} cannot {action}: {exc}") from None
             raise StoreError(f"store at {self._where} failed to {action}: {exc}") from None
         finally:
             if self._lock is not None:
@@ -167,6 +174,10 @@ class QdrantStore(VersionedStore):
     def _drop(self, names: Sequence[str]) -> None:
         for name in names:
             self._client.delete_collection(name)
+
+    def _facet(self, name: str, key: str, limit: int) -> list[tuple[Any, int]]:
+        reply = self._client.facet(name, key, limit=limit, exact=True)
+        return [(hit.value, int(hit.count)) for hit in reply.hits]
 
     def _search(
         self, name_or_alias: str, query: np.ndarray, *, using: str, k: int, offset: int, filter: Any

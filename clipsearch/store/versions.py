@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,23 @@ class VersionedStore(ABC):
     ) -> list[SearchHit]:
         """`query`: one float32 row. The backend builds its filter with validate_filter first."""
 
+    @abstractmethod
+    def _facet(self, name: str, key: str, limit: int) -> list[tuple[Any, int]]:
+        """Up to `limit` (value, count) pairs of payload field `key` in collection `name`."""
+
     # --- the policy ---
+    def aliases(self) -> dict[str, str]:
+        with self._op("list the collections"):
+            return self._aliases()
+
+    def facet(self, name_or_alias: str, key: str, *, limit: int) -> dict[Any, int] | None:
+        with self._op(f"list the values of {key!r} in {name_or_alias!r}"):
+            name = self._aliases().get(name_or_alias, name_or_alias)
+            found = self._facet(name, key, limit + 1)
+        if len(found) > limit:
+            return None
+        return dict(sorted(found, key=lambda pair: (-pair[1], str(pair[0]))))
+
     def search(
         self,
         name_or_alias: str,
@@ -196,12 +212,22 @@ class VersionedStore(ABC):
         return [info for info in found if info is not None]
 
     def create_version(
-        self, alias: str, *, dim: int, fingerprint: str, vector_names: Sequence[str], source: str
+        self,
+        alias: str,
+        *,
+        dim: int,
+        fingerprint: str,
+        vector_names: Sequence[str],
+        source: str,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
         check_alias(alias)
         if dim <= 0 or not vector_names:
             raise StoreError("a collection needs a positive dimension and at least one vector name")
-        manifest = new_manifest(fingerprint=fingerprint, dim=dim, vector_names=vector_names, source=source)
+        manifest = {
+            **(extra or {}),
+            **new_manifest(fingerprint=fingerprint, dim=dim, vector_names=vector_names, source=source),
+        }
         with self._op(f"create a version of {alias!r}"):
             name = new_version_name(alias, set(self._names()))
             self._create(alias, name, manifest)

@@ -21,7 +21,9 @@ from services.gateway.schemas import (
     MAX_QUERY_BODY_BYTES,
     ClassifyQuery,
     ClassifyResponse,
+    CollectionsResponse,
     ErrorOut,
+    ImageOptions,
     MixedQuery,
     QueryPart,
     RequestModel,
@@ -102,10 +104,22 @@ async def read_upload(request: Request, upload: UploadFile) -> bytes:
     return data
 
 
-def form_options(k: int, offset: int, filter: str | None, target: str) -> SearchOptions:
+def form_options(
+    k: int, offset: int, filter: str | None, target: str, collection: str | None, normalization: str = "auto"
+) -> ImageOptions:
     """Options given as form fields or query parameters (the filter as a JSON string)."""
     with reading("the search options"):
-        return SearchOptions(k=k, offset=offset, filter=filter_from_json(filter), target=target)  # type: ignore[arg-type]
+        return ImageOptions(
+            k=k,
+            offset=offset,
+            filter=filter_from_json(filter),
+            target=target,  # type: ignore[arg-type]  # checked by the model
+            collection=collection,
+            normalization=normalization,  # type: ignore[arg-type]
+        )
+
+
+CollectionField = Annotated[str | None, Form(description="the collection to search; empty: the default")]
 
 
 # --- search ---
@@ -125,9 +139,10 @@ async def search_text_get(
     offset: int = 0,
     filter: Annotated[str | None, Query(description="JSON payload filter")] = None,
     target: Annotated[str, Query(description="images | captions")] = "images",
+    collection: Annotated[str | None, Query(description="the collection; empty: the default")] = None,
 ) -> SearchResponse:
     """The same as POST, for links and curl."""
-    options = form_options(k, offset, filter, target)
+    options = form_options(k, offset, filter, target, collection).options()
     with reading():
         query = TextQuery(**options.model_dump(), query=q)
     return await core.search_text(query)
@@ -142,10 +157,15 @@ async def search_image(
     offset: Annotated[int, Form()] = 0,
     filter: Annotated[str | None, Form(description="JSON payload filter")] = None,
     target: Annotated[str, Form(description="images | captions")] = "images",
+    collection: CollectionField = None,
+    normalization: Annotated[
+        str, Form(description="auto: bring a picture unlike the collection's images into its domain; off")
+    ] = "auto",
 ) -> SearchResponse:
-    """Items most similar to an uploaded image."""
+    """Items most similar to an uploaded image (the answer says which normalisation it got)."""
     data = await read_upload(request, file)
-    return await core.search_image(data, form_options(k, offset, filter, target))
+    options = form_options(k, offset, filter, target, collection, normalization)
+    return await core.search_image(data, options)
 
 
 @api.post("/search/sketch", response_model=SearchResponse, responses=ERRORS)
@@ -157,10 +177,12 @@ async def search_sketch(
     offset: Annotated[int, Form()] = 0,
     filter: Annotated[str | None, Form(description="JSON payload filter")] = None,
     target: Annotated[str, Form(description="images | captions")] = "images",
+    collection: CollectionField = None,
 ) -> SearchResponse:
-    """Items most similar to a sketch (normalised the way the model expects)."""
+    """Items most similar to a sketch (normalised the way the collection's model expects)."""
     data = await read_upload(request, file)
-    return await core.search_image(data, form_options(k, offset, filter, target), sketch=True)
+    options = form_options(k, offset, filter, target, collection)
+    return await core.search_image(data, options, sketch=True)
 
 
 @api.post("/search/mixed", response_model=SearchResponse, responses=ERRORS)
@@ -180,6 +202,7 @@ async def classify(
     kind: Annotated[Literal["image", "sketch"], Form()] = "image",
     templates: Annotated[list[str] | None, Form(description='prompt templates with "{}"')] = None,
     temperature: Annotated[float | None, Form(description="softmax temperature; empty: the model's")] = None,
+    collection: Annotated[str | None, Form(description="whose model classifies; empty: the default")] = None,
 ) -> ClassifyResponse:
     """Zero-shot classification: probabilities over the candidate labels."""
     data = await read_upload(request, file)
@@ -187,8 +210,20 @@ async def classify(
         if len(labels) == 1 and "," in labels[0]:
             labels = labels[0].split(",", MAX_LABELS_READ)
         check_count(len(labels), MAX_LABELS_READ, "labels")
-        query = ClassifyQuery(kind=kind, labels=labels, templates=templates or [], temperature=temperature)
+        query = ClassifyQuery(
+            kind=kind,
+            labels=labels,
+            templates=templates or [],
+            temperature=temperature,
+            collection=collection,
+        )
     return await core.classify(data, query)
+
+
+@api.get("/collections", response_model=CollectionsResponse, responses=ERRORS)
+async def collections(core: Core) -> CollectionsResponse:
+    """Every collection: its model, size, vectors, filterable fields with their values."""
+    return await core.list_collections()
 
 
 @api.get("/info")

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, error mapping, metrics, upload cap, the web page."""
+"""The FastAPI application: routes, error mapping, metrics, upload cap, request ids, the web page."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clipsearch.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id, valid_request_id
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
 from services.gateway.errors import GatewayError, Overloaded, status_of
@@ -82,7 +83,8 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["content-type", API_KEY_HEADER],
+            allow_headers=["content-type", API_KEY_HEADER, REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
         )
     app.add_middleware(
         BodyLimits,
@@ -90,9 +92,10 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
         path_bytes={f"{api.prefix}/search/text": MAX_QUERY_BODY_BYTES},
         max_json_values=settings.max_json_values,
     )
-    # Queries take their admission slot before their bodies are read: refusing one costs little.
+    # While the admission is full, queries are refused before their bodies are read: a refusal costs little.
     app.add_middleware(ShedMiddleware, prefixes=(f"{api.prefix}/search/", f"{api.prefix}/classify"))
     app.add_middleware(GuardMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, even a 413 or 500, carries it
     return app
 
 
@@ -138,6 +141,45 @@ class GuardMiddleware:
             route = scope.get("route")
             operation = getattr(route, "path", "unmatched")
             self.metrics.observe("http", operation, str(status["code"]), time.perf_counter() - started)
+
+
+class RequestIdMiddleware:
+    """Runs each request with an id (a valid X-Request-ID from the client, else a new one) in
+    `clipsearch.logs.REQUEST_ID`, returns it in the response's X-Request-ID, logs the request at DEBUG."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = valid_request_id(sent.decode("latin-1") if sent else None) or new_request_id()
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+        token = REQUEST_ID.set(request_id)
+        started, status = time.perf_counter(), [0]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                took_ms = (time.perf_counter() - started) * 1000
+                log.debug("%s %s %d in %.1f ms", scope.get("method"), scope.get("path"), status[0], took_ms)
+            REQUEST_ID.reset(token)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
+    return None
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:

@@ -78,6 +78,10 @@ class TooManyConnections(HttpLimitError):
     pass
 
 
+class VersionGone(Unavailable):
+    """The collection version a query was resolved to was dropped (a newer one replaced it)."""
+
+
 @dataclass(frozen=True)
 class Status:
     http: int

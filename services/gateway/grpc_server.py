@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from clipsearch.grpc_guard import DecodeGuard
+from clipsearch.grpc_request_id import RequestIdInterceptor
 from clipsearch.overload import follow_deadline, pushback_metadata
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import API_KEY_HEADER, key_matches
@@ -29,7 +30,9 @@ from services.gateway.schemas import (
     MAX_PARTS,
     MAX_TEMPLATES,
     ClassifyQuery,
+    ImageOptions,
     MixedQuery,
+    Normalization,
     QueryPart,
     SearchOptions,
     SearchResponse,
@@ -47,6 +50,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+NORMALIZATIONS: dict[int, Normalization] = {
+    search_pb2.NORMALIZATION_AUTO: "auto",
+    search_pb2.NORMALIZATION_OFF: "off",
+}
 TARGETS: dict[int, Target] = {
     search_pb2.TARGET_UNSPECIFIED: "images",
     search_pb2.TARGET_IMAGES: "images",
@@ -100,7 +107,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            return _search_reply(await self.core.search_image(request.image, _options(request.options)))
+            normalization = NORMALIZATIONS.get(request.normalization)
+            if normalization is None:
+                raise QueryError(f"unknown normalization {request.normalization}")
+            options = ImageOptions(**_options(request.options).model_dump(), normalization=normalization)
+            return _search_reply(await self.core.search_image(request.image, options))
 
         return await self._answer("SearchImage", context, run)
 
@@ -108,7 +119,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            options = _options(request.options)
+            options = ImageOptions(**_options(request.options).model_dump())
             return _search_reply(await self.core.search_image(request.image, options, sketch=True))
 
         return await self._answer("SearchSketch", context, run)
@@ -140,6 +151,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                     labels=list(request.labels),
                     templates=list(request.templates),
                     temperature=request.temperature or None,
+                    collection=request.collection,
                 )
             result = await self.core.classify(request.image if which == "image" else request.sketch, query)
             return search_pb2.ClassifyResponse(
@@ -152,6 +164,34 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
         return await self._answer("Classify", context, run)
 
+    async def ListCollections(
+        self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListCollectionsResponse:
+        async def run() -> search_pb2.ListCollectionsResponse:
+            listed = await self.core.list_collections()
+            return search_pb2.ListCollectionsResponse(
+                collections=[
+                    search_pb2.CollectionInfo(
+                        name=c.name,
+                        model=c.model or "",
+                        fingerprint=c.fingerprint,
+                        points=c.points,
+                        vectors=c.vectors,
+                        filter_fields={
+                            field: search_pb2.FieldValues(values=[str(v) for v in values or []])
+                            for field, values in c.filter_fields.items()
+                        },
+                        sketch_normalization=c.sketch_normalization or "",
+                        ready=c.ready,
+                        problem=c.problem or "",
+                    )
+                    for c in listed.collections
+                ],
+                default_collection=listed.default_collection,
+            )
+
+        return await self._answer("ListCollections", context, run)
+
 
 def _search_reply(result: SearchResponse) -> search_pb2.SearchResponse:
     hits = []
@@ -162,7 +202,11 @@ def _search_reply(result: SearchResponse) -> search_pb2.SearchResponse:
             search_pb2.Hit(id=hit.id, score=hit.score, payload=payload, image_url=hit.image_url or "")
         )
     return search_pb2.SearchResponse(
-        hits=hits, took_ms=result.took_ms, model=result.model, collection=result.collection
+        hits=hits,
+        took_ms=result.took_ms,
+        model=result.model,
+        collection=result.collection,
+        normalization=result.normalization or "",
     )
 
 
@@ -173,7 +217,11 @@ def _options(options: search_pb2.QueryOptions) -> SearchOptions:
     with reading("the search options"):
         query_filter = filter_from_struct(options.filter) if options.HasField("filter") else None
         return SearchOptions(
-            k=options.k or DEFAULT_K, offset=options.offset, filter=query_filter, target=target
+            k=options.k or DEFAULT_K,
+            offset=options.offset,
+            filter=query_filter,
+            target=target,
+            collection=options.collection,
         )
 
 
@@ -220,9 +268,9 @@ class GrpcGateway:
     def __init__(self, core: SearchCore, settings: GatewaySettings) -> None:
         self.core = core
         self.settings = settings
-        interceptors: list[grpc.aio.ServerInterceptor] = (
-            [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(issue=True)]
+        if settings.api_key:
+            interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
         # Innermost: a caller without the key is refused as such, whatever bytes it sent.
         interceptors.append(
             DecodeGuard(

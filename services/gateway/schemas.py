@@ -48,10 +48,14 @@ log = logging.getLogger(__name__)
 
 Target = Literal["images", "captions"]
 PartKind = Literal["text", "image", "sketch"]
+# How an uploaded picture is brought into the collection's domain (see clipsearch.preprocess).
+Normalization = Literal["auto", "off"]
 TARGETS: tuple[Target, ...] = ("images", "captions")
+NORMALIZATIONS: tuple[Normalization, ...] = ("auto", "off")
 MAX_PARTS = 16
 MAX_QUERY_CHARS = 2_000
 MAX_TEMPLATES = 32
+MAX_COLLECTION_NAME = 255
 # Cosine similarities divided by a smaller temperature overflow the softmax (NaN probabilities).
 MIN_TEMPERATURE = 1e-4
 BAD_VALUE = "bad_value"
@@ -158,7 +162,16 @@ def _checked_filter(spec: Any) -> dict[str, Any] | None:
         raise bad_value(str(exc)) from None
 
 
+def _collection_name(name: Any) -> Any:
+    if name == "":
+        return None  # proto3 strings and empty form fields: not given
+    if isinstance(name, str) and len(name) > MAX_COLLECTION_NAME:
+        raise bad_value(f"collection names are at most {MAX_COLLECTION_NAME} characters")
+    return name
+
+
 QueryText = Annotated[str, AfterValidator(_query_text)]
+CollectionName = Annotated[str | None, BeforeValidator(_collection_name)]
 # Any JSON at parse time: what the filter holds is the caller's choice, refused with a reason (400).
 Filter = Annotated[dict[str, Any] | None, BeforeValidator(_checked_filter)]
 
@@ -168,6 +181,9 @@ class SearchOptions(RequestModel):
     offset: int = Field(default=0, description="hits to skip (paging)")
     filter: Filter = Field(default=None, description='payload filter, e.g. {"label": 7} or {"label": [1, 7]}')
     target: Target = Field(default="images", description="what to search: images | captions")
+    collection: CollectionName = Field(
+        default=None, description="the collection to search; empty: the default"
+    )
 
     @field_validator("k")
     @classmethod
@@ -192,7 +208,26 @@ class SearchOptions(RequestModel):
 
     def options(self) -> SearchOptions:
         """Just the options (a query model's other fields dropped)."""
-        return SearchOptions(k=self.k, offset=self.offset, filter=self.filter, target=self.target)
+        return SearchOptions(
+            k=self.k, offset=self.offset, filter=self.filter, target=self.target, collection=self.collection
+        )
+
+
+class ImageOptions(SearchOptions):
+    """Options of an image query: also whether the picture is brought into the collection's domain."""
+
+    normalization: Normalization = Field(
+        default="auto",
+        description="auto: a picture unlike the collection's own images gets its model's normalisation "
+        "(a digit on paper becomes MNIST-like); off: embedded as it is",
+    )
+
+    @field_validator("normalization", mode="before")
+    @classmethod
+    def _known_normalization(cls, value: Any) -> Any:
+        if value not in NORMALIZATIONS:
+            raise bad_value(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {value!r}")
+        return value
 
 
 class TextQuery(SearchOptions):
@@ -273,6 +308,7 @@ class ClassifyQuery(RequestModel):
         default_factory=list, description='prompt templates with "{}"; empty: the collection\'s'
     )
     temperature: float | None = Field(default=None, description="softmax temperature; empty: the model's")
+    collection: CollectionName = Field(default=None, description="whose model classifies; empty: the default")
 
     @field_validator("temperature")
     @classmethod
@@ -301,6 +337,8 @@ class SearchResponse(BaseModel):
     took_ms: float
     model: str
     collection: str
+    # Image and sketch queries: the normalisation applied to the upload ("none", "mnist", "line-art").
+    normalization: str | None = None
 
 
 class LabelScore(BaseModel):
@@ -314,6 +352,28 @@ class ClassifyResponse(BaseModel):
     model: str
     templates: list[str]
     temperature: float
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str | None = Field(description="the model that built it, by the name the encoder serves it under")
+    fingerprint: str
+    version: str
+    points: int
+    vectors: list[str] = Field(description='"image", and "caption" where items have captions')
+    targets: list[Target]
+    filter_fields: dict[str, list[Any] | None] = Field(
+        description="payload fields usable in filters, with their values (null: too many to list)"
+    )
+    sketch_normalization: str | None
+    attribution: str | None = Field(default=None, description="credits the images' licences ask for")
+    ready: bool
+    problem: str | None = None
+
+
+class CollectionsResponse(BaseModel):
+    collections: list[CollectionOut]
+    default_collection: str
 
 
 class ErrorOut(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +24,15 @@ from clipsearch.store import FILTERABLE_FIELDS, CollectionInfo, SearchHit
 from clipsearch.v1 import encoder_pb2
 from services.gateway.collections import Collection, Collections
 from services.gateway.embedding import QueryEmbedder
-from services.gateway.errors import DeadlineExceeded, Overloaded, QueryError, Unavailable
+from services.gateway.errors import DeadlineExceeded, Overloaded, QueryError, Unavailable, VersionGone
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.schemas import (
     ClassifyQuery,
     ClassifyResponse,
+    CollectionOut,
+    CollectionsResponse,
     Hit,
+    ImageOptions,
     LabelScore,
     MixedQuery,
     PartKind,
@@ -101,31 +104,32 @@ class SearchCore:
     # --- queries ---
 
     async def search_text(self, query: TextQuery) -> SearchResponse:
-        started = time.perf_counter()
-        async with self._admitted():
-            target = await self._target(query)
-            vector = (await self.embedder.embed(target.model, "text", [query.query]))[0]
-            return await self._search(target, vector, query, started)
+        async def vector(target: Target) -> tuple[np.ndarray, str | None]:
+            return (await self.embedder.embed(target.model, "text", [query.query])).vectors[0], None
+
+        return await self._search(query, vector)
 
     async def search_image(
-        self, data: bytes, options: SearchOptions, *, sketch: bool = False
+        self, data: bytes, options: ImageOptions, *, sketch: bool = False
     ) -> SearchResponse:
-        started = time.perf_counter()
         kind: PartKind = "sketch" if sketch else "image"
         self.limits.check_upload(data, kind)
-        async with self._admitted():
-            target = await self._target(options)
-            vector = (await self.embedder.embed(target.model, kind, [data]))[0]
-            return await self._search(target, vector, options, started)
+
+        async def vector(target: Target) -> tuple[np.ndarray, str | None]:
+            embedded = await self.embedder.embed(
+                target.model, kind, [data], normalization=options.normalization
+            )
+            return embedded.vectors[0], (embedded.normalizations[0] if embedded.normalizations else None)
+
+        return await self._search(options, vector)
 
     async def search_mixed(self, query: MixedQuery) -> SearchResponse:
         """Weighted sum of the parts' unit vectors, normalised; negative weights steer away."""
-        started = time.perf_counter()
         for position, part in enumerate(query.parts):
             if isinstance(part.content, bytes):
                 self.limits.check_upload(part.content, f"part {position} {part.kind}")
-        async with self._admitted():
-            target = await self._target(query)
+
+        async def vector(target: Target) -> tuple[np.ndarray, str | None]:
             vectors = await self.embedder.embed_parts(target.model, query.parts)
             weights = np.asarray([part.weight for part in query.parts], dtype=np.float64)
             # Only the weights' ratios matter (the sum is normalised): scaling them to at most 1
@@ -135,7 +139,9 @@ class SearchCore:
             norm = float(np.linalg.norm(combined))
             if norm < 1e-6:
                 raise QueryError("the weighted parts cancel out; change the weights")
-            return await self._search(target, (combined / norm).astype(np.float32), query, started)
+            return (combined / norm).astype(np.float32), None
+
+        return await self._search(query, vector)
 
     async def classify(self, data: bytes, query: ClassifyQuery) -> ClassifyResponse:
         """Zero-shot probabilities over the labels, prompts averaged per label (prompt ensemble)."""
@@ -143,12 +149,14 @@ class SearchCore:
         self.limits.check_upload(data, query.kind)
         self.limits.check_labels(query.labels)
         async with self._admitted():
-            templates = query.templates or await self._default_templates()
-            model = await self.embedder.model()
+            collection = await self.collections.get(query.collection)
+            info = await collection.info()
+            model = await self.embedder.model(info.fingerprint, _built_by(info))
+            templates = query.templates or _templates(info)
             temperature = query.temperature or (1.0 / model.logit_scale if model.logit_scale > 0 else 0.01)
             prompts = [template.format(label) for label in query.labels for template in templates]
             text_vectors = await self.embedder.embed_texts_batched(model, prompts)
-            image_vector = (await self.embedder.embed(model, query.kind, [data]))[0]
+            image_vector = (await self.embedder.embed(model, query.kind, [data])).vectors[0]
         per_label = text_vectors.reshape(len(query.labels), len(templates), -1).mean(axis=1)
         per_label /= np.maximum(np.linalg.norm(per_label, axis=1, keepdims=True), 1e-12)
         # float64, so any finite temperature gives finite logits.
@@ -174,34 +182,47 @@ class SearchCore:
     # --- status ---
 
     async def readiness(self) -> Readiness:
-        """Ready when the encoder serves, the collection exists and matches the encoder's model."""
-        collection = self.collections.get()
-        status = Readiness(collection=collection.name)
-        model: encoder_pb2.ModelInfo | None = None
+        """Ready when the encoder serves, and the default collection exists with its model served."""
+        status = Readiness(collection=self.collections.default)
         if not await self.embedder.serving():
             status.reasons.append(f"encoder at {self.settings.encoder} is not serving")
-        else:
-            try:
-                model = await self.embedder.model(refresh=True)
-                status.model, status.fingerprint = model.model_name, model.fingerprint
-            except Unavailable as exc:
-                status.reasons.append(str(exc))
+            return status
         try:
+            collection = await self.collections.get()
             info = await collection.info(refresh=True)
+            model = await self.embedder.model(info.fingerprint, _built_by(info))
+            status.model, status.fingerprint = model.model_name, model.fingerprint
         except Unavailable as exc:
             status.reasons.append(str(exc))
-            return status
-        if model is not None and info.fingerprint != model.fingerprint:
-            status.reasons.append(_mismatch_message(info, model))
         return status
 
+    async def list_collections(self) -> CollectionsResponse:
+        """Every published collection with its model, size, vectors and filterable values."""
+        names = await self.collections.names(refresh=True)
+        return CollectionsResponse(
+            collections=[await self._describe(name) for name in names],
+            default_collection=self.collections.default,
+        )
+
     async def info(self) -> dict[str, Any]:
-        """What the gateway searches, as far as can be told now (null where a dependency is down)."""
+        """What the gateway searches by default, as far as can be told now (null where a
+        dependency is down)."""
         model: dict[str, Any] | None = None
         described: dict[str, Any] | None = None
         problems: list[str] = []
+        info: CollectionInfo | None = None
         try:
-            found = await self.embedder.model()
+            collection = await self.collections.get()
+            info = await collection.info()
+            described = {
+                "alias": collection.name,
+                "version": info.name,
+                "count": info.count,
+                "fingerprint": info.fingerprint,
+                "targets": collection.targets(info),
+                "class_names": list(info.extra.get("class_names", [])),
+            }
+            found = await self.embedder.model(info.fingerprint, _built_by(info))
             model = {
                 "name": found.model_name,
                 "fingerprint": found.fingerprint,
@@ -212,18 +233,13 @@ class SearchCore:
             }
         except Unavailable as exc:
             problems.append(str(exc))
-        collection = self.collections.get()
-        try:
-            described = collection.describe(await collection.info())
-        except Unavailable as exc:
-            problems.append(str(exc))
         return {
             "model": model,
             "collection": described,
             "filterable_fields": {name: kind.__name__ for name, kind in FILTERABLE_FIELDS.items()},
             "max_k": self.settings.max_k,
             "max_upload_bytes": self.settings.max_upload_bytes,
-            "default_templates": await self._default_templates(),
+            "default_templates": _templates(info),
             "problems": problems,
         }
 
@@ -242,33 +258,68 @@ class SearchCore:
             raise DeadlineExceeded(str(exc)) from None
 
     async def _target(self, options: SearchOptions) -> Target:
-        """The collection to search with its facts and model, checked against each other."""
+        """The collection to search with its live version and the model that built it."""
         self.limits.check_options(options)
-        collection = self.collections.get()
-        model, info = await asyncio.gather(self.embedder.model(), collection.info())
-        if info.fingerprint != model.fingerprint:
-            raise Unavailable(_mismatch_message(info, model))
+        collection = await self.collections.get(options.collection)
+        info = await collection.info()
+        model = await self.embedder.model(info.fingerprint, _built_by(info))
         collection.vector_for(info, options.target)
         return Target(collection, info, model)
 
-    async def _default_templates(self) -> list[str]:
-        try:
-            recorded = (await self.collections.get().info()).extra.get("prompt_templates")
-            if recorded:
-                return [str(template) for template in recorded]
-        except Unavailable:
-            pass
-        return list(DEFAULT_TEMPLATES)
-
     async def _search(
-        self, target: Target, vector: np.ndarray, options: SearchOptions, started: float
+        self, options: SearchOptions, embed: Callable[[Target], Awaitable[tuple[np.ndarray, str | None]]]
     ) -> SearchResponse:
-        found = await target.collection.search(target.info, vector, options)
-        return SearchResponse(
-            hits=[self._hit(hit) for hit in found],
-            took_ms=_elapsed_ms(started),
-            model=target.model.model_name,
-            collection=target.collection.name,
+        """Embed with the model of the version searched; when that version is dropped in between (a
+        new model's version replaced it), start again once on the new one."""
+        started = time.perf_counter()
+        async with self._admitted():
+            for attempt in (1, 2):
+                target = await self._target(options)
+                vector, normalization = await embed(target)
+                try:
+                    found = await target.collection.search(target.info, vector, options)
+                except VersionGone:
+                    target.collection.forget()
+                    if attempt == 2:
+                        raise
+                    continue
+                return SearchResponse(
+                    hits=[self._hit(hit) for hit in found],
+                    took_ms=_elapsed_ms(started),
+                    model=target.model.model_name,
+                    collection=target.collection.name,
+                    normalization=normalization,
+                )
+        raise AssertionError("unreachable")
+
+    async def _describe(self, name: str) -> CollectionOut:
+        collection = await self.collections.get(name)
+        try:
+            info = await collection.info()
+        except Unavailable as exc:
+            return CollectionOut(
+                name=name, model=None, fingerprint="", version="", points=0, vectors=[], targets=[],
+                filter_fields={}, sketch_normalization=None, ready=False, problem=str(exc),
+            )  # fmt: skip
+        problem: str | None = None
+        model: encoder_pb2.ModelInfo | None = None
+        try:
+            model = await self.embedder.model(info.fingerprint, _built_by(info))
+        except Unavailable as exc:
+            problem = str(exc)
+        return CollectionOut(
+            name=name,
+            model=model.name if model else _built_by(info),
+            fingerprint=info.fingerprint,
+            version=info.name,
+            points=info.count,
+            vectors=info.vector_names,
+            targets=collection.targets(info),
+            filter_fields=await collection.filter_fields(info),
+            sketch_normalization=model.sketch_normalization if model else None,
+            attribution=info.extra.get("attribution"),
+            ready=problem is None,
+            problem=problem,
         )
 
     def _hit(self, hit: SearchHit) -> Hit:
@@ -284,11 +335,16 @@ class SearchCore:
         return f"{base}/api/v1/media/{key}"
 
 
-def _mismatch_message(info: CollectionInfo, model: encoder_pb2.ModelInfo) -> str:
-    return (
-        f"collection {info.alias or info.name!r} was built with model {info.fingerprint[:12]}, "
-        f"the encoder runs {model.fingerprint[:12]}: re-run the indexer"
-    )
+def _built_by(info: CollectionInfo) -> str | None:
+    """The name of the model that built a version, as the indexer recorded it."""
+    name = info.extra.get("model_name")
+    return str(name) if name else None
+
+
+def _templates(info: CollectionInfo | None) -> list[str]:
+    """The prompt templates the collection records for zero-shot use, else the defaults."""
+    recorded = info.extra.get("prompt_templates") if info else None
+    return [str(template) for template in recorded] if recorded else list(DEFAULT_TEMPLATES)
 
 
 def _elapsed_ms(started: float) -> float:

@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from clipsearch.encoder_client import EncoderClient, EncoderError, EncoderInputError, EncoderUnavailable
+from clipsearch.encoder_client import (
+    EncoderClient,
+    EncoderError,
+    EncoderInputError,
+    EncoderModelNotFound,
+    EncoderUnavailable,
+)
 from clipsearch.media import MediaStore, media_key
+from clipsearch.progress import progress_bar
 from clipsearch.store import (
     CAPTION_VECTOR,
     IMAGE_VECTOR,
@@ -216,6 +222,7 @@ class IndexJob:
             fingerprint=fingerprint,
             vector_names=vector_names,
             source=source.identity,
+            extra=source.manifest(model_name=self.info.name),
         )
         return report.collection, report
 
@@ -244,7 +251,7 @@ class IndexJob:
             deadline_s=self.settings.deadline_s,
             retries=self.settings.retries,
         )
-        progress = tqdm(
+        progress = progress_bar(
             total=len(todo),
             unit="img",
             desc=f"indexing {source.kind}",
@@ -283,13 +290,13 @@ class IndexJob:
 
     async def _embed_captions(self, texts: list[str]) -> np.ndarray:
         try:
-            return await self.client.embed_texts(texts)
+            return await self.client.embed_texts(texts, model=self.info.fingerprint)
         except EncoderInputError:
             # One bad caption (too long) fails the call: embed one by one, marking the failures.
             rows = []
             for text in texts:
                 try:
-                    rows.append((await self.client.embed_texts([text]))[0])
+                    rows.append((await self.client.embed_texts([text], model=self.info.fingerprint))[0])
                 except EncoderInputError:
                     rows.append(np.full(self.info.embedding_dim, np.nan, dtype=np.float32))
             return np.stack(rows)
@@ -373,7 +380,11 @@ async def run_index(
     )
     try:
         try:
-            info = await client.model_info()
+            info = await client.model_info(settings.model)
+        except EncoderModelNotFound as exc:
+            raise IndexerError(f"the encoder cannot embed with model {settings.model!r}: {exc}") from None
+        except EncoderInputError as exc:  # an encoder of several models, and no model named
+            raise IndexerError(f"name the model to embed with (INDEXER_MODEL): {exc}") from None
         except EncoderError as exc:
             raise IndexerError(f"cannot reach the encoder at {settings.encoder}: {exc}") from None
         owned = store is None

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from packaging.utils import canonicalize_name
 
-from bench.stack import free_port, stop
+from clipsearch.processes import free_port
 from tests.deploy.deployfiles import REPO, VENV_BASE, installed_closure, project_requirements
 from tests.gateway.conftest import digit_png
-from tests.hardening.processes import start, wait_http_ready
 from tests.indexer.conftest import write_mnist
+from tests.processes import start
 
 EXTRAS_ENV = Path(__file__).resolve().parents[1] / "extras_env"
 ENTRY_MODULES = {
@@ -162,10 +162,9 @@ def test_indexer_then_gateway_run_with_only_their_extras(tmp_path: Path, encoder
         GATEWAY_HTTP_PORT=str(port),
         GATEWAY_GRPC_PORT="0",
     )
-    gateway = start("services.gateway", env, log)
-    try:
+    with start("services.gateway", env, log) as gateway:
         url = f"http://127.0.0.1:{port}"
-        wait_http_ready(url, gateway, log)
+        gateway.wait_http_ready(url)
         with httpx.Client(base_url=url, timeout=30) as client:
             text = client.post("/api/v1/search/text", json={"query": "a handwritten seven", "k": 5})
             assert text.status_code == 200, text.text
@@ -177,5 +176,3 @@ def test_indexer_then_gateway_run_with_only_their_extras(tmp_path: Path, encoder
             drawing = digit_png(7, sketch=True, size=280)
             sketch = client.post("/api/v1/search/sketch", files={"file": ("s.png", drawing, "image/png")})
             assert sketch.status_code == 200, sketch.text
-    finally:
-        stop(gateway)

@@ -15,22 +15,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.stack import free_port, stop
 from clipsearch.batching import MicroBatcher, on_executor
+from clipsearch.processes import free_port, rss_kib
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
 from services.gateway.app import create_app
 from tests.gateway.conftest import Indexed, build_index, digit_png
 from tests.hardening.conftest import hardening_settings, search_server_in_thread
-from tests.hardening.processes import (
-    encoder_env,
-    python_env,
-    rss_kib,
-    start,
-    wait_encoder_serving,
-    wait_http_ready,
-)
+from tests.processes import encoder_env, gateway_env, start
 
 SOAK_SECONDS = float(os.environ.get("CLIPSEARCH_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 16
@@ -132,26 +125,23 @@ def test_soak_mixed_queries_against_the_full_stack(
         encoder_env(tiny_checkpoint, encoder_port, ENCODER_API_KEY=ENCODER_KEY),
         encoder_log,
     )
-    gateway_env = python_env(
-        GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
+    gateway_variables = gateway_env(
+        encoder_port,
+        indexed.store_path,
+        indexed.media_dir,
+        http_port,
         GATEWAY_ENCODER_API_KEY=ENCODER_KEY,
         GATEWAY_API_KEY=GATEWAY_KEY,
-        GATEWAY_STORE_PATH=str(indexed.store_path),
-        GATEWAY_MEDIA_DIR=str(indexed.media_dir),
-        GATEWAY_COLLECTION="digits",
-        GATEWAY_HOST="127.0.0.1",
-        GATEWAY_HTTP_PORT=str(http_port),
-        GATEWAY_GRPC_PORT=str(free_port()),
     )
-    gateway = start("services.gateway", gateway_env, gateway_log)
+    gateway = start("services.gateway", gateway_variables, gateway_log)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        wait_encoder_serving(encoder_port, encoder, encoder_log)
-        wait_http_ready(url, gateway, gateway_log)
+        encoder.wait_grpc_serving(f"127.0.0.1:{encoder_port}")
+        gateway.wait_http_ready(f"{url}/readyz")
         report = asyncio.run(_soak(url, {"encoder": encoder.pid, "gateway": gateway.pid}))
     finally:
-        stop(gateway)
-        stop(encoder)
+        gateway.stop()
+        encoder.stop()
     latencies = np.asarray(report.latencies) * 1000
     p50, p99 = np.percentile(latencies, [50, 99])
     growth = {

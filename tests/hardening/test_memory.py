@@ -20,13 +20,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.stack import free_port, stop
+from clipsearch.processes import free_port
 from clipsearch.v1 import encoder_pb2, search_pb2
 from tests.gateway.conftest import build_index, digit_png
 from tests.hardening import raw_http, raw_protobuf
 from tests.hardening.bad_inputs import containers, encode, real_bomb_png
-from tests.hardening.processes import encoder_env, python_env, start, wait_encoder_serving, wait_http_ready
 from tests.hardening.tally import TALLY
+from tests.processes import encoder_env, gateway_env, start
 
 MIB = 1024 * 1024
 # What one request may add, with room for the allocator's noise.
@@ -69,26 +69,18 @@ def stack(
     encoder_port, http_port, grpc_port = free_port(), free_port(), free_port()
     encoder_log, gateway_log = workdir / "encoder.log", workdir / "gateway.log"
     encoder = start("services.encoder", encoder_env(tiny_checkpoint, encoder_port), encoder_log)
-    gateway = start(
-        "services.gateway",
-        python_env(
-            GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
-            GATEWAY_STORE_PATH=str(indexed.store_path),
-            GATEWAY_MEDIA_DIR=str(indexed.media_dir),
-            GATEWAY_COLLECTION="digits",
-            GATEWAY_HOST="127.0.0.1",
-            GATEWAY_HTTP_PORT=str(http_port),
-            GATEWAY_GRPC_PORT=str(grpc_port),
-        ),
-        gateway_log,
-    )
+    variables = {
+        **gateway_env(encoder_port, indexed.store_path, indexed.media_dir, http_port),
+        "GATEWAY_GRPC_PORT": str(grpc_port),
+    }
+    gateway = start("services.gateway", variables, gateway_log)
     try:
-        wait_encoder_serving(encoder_port, encoder, encoder_log)
-        wait_http_ready(f"http://127.0.0.1:{http_port}", gateway, gateway_log)
+        encoder.wait_grpc_serving(f"127.0.0.1:{encoder_port}")
+        gateway.wait_http_ready(f"http://127.0.0.1:{http_port}/readyz")
         yield Stack(encoder.pid, gateway.pid, encoder_port, http_port, grpc_port)
     finally:
-        stop(gateway)
-        stop(encoder)
+        gateway.stop()
+        encoder.stop()
 
 
 def measured(stack: Stack, name: str, request: Callable[[], str]) -> None:
