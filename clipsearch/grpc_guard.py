@@ -20,16 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from clipsearch.grpc_request_id import Handler, ServerInterceptor, handler_like
+
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Context = grpc.aio.ServicerContext[Any, Any]
-    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+if TYPE_CHECKING:
+    from clipsearch.grpc_request_id import Context
 else:
-    Handler = grpc.RpcMethodHandler
     Context = Any
-    ServerInterceptor = grpc.aio.ServerInterceptor
 
 UndecodableObserver = Callable[[str], None]
 
@@ -174,10 +172,14 @@ async def _replies(replies: Any) -> AsyncIterator[Any]:
 
 def _guarded(handler: Handler, method: str, refuse: Refuse) -> Handler:
     """A handler like `handler` whose requests that do not decode are refused before it runs."""
-    serializers = {
-        "request_deserializer": _safe_deserializer(handler.request_deserializer),  # type: ignore[arg-type]
-        "response_serializer": handler.response_serializer,
-    }
+    deserialize: Any = handler.request_deserializer
+    guarded = handler_like(handler, _checking_behaviour(handler, method, refuse))
+    # grpc's handlers are namedtuples at run time; the stubs know only the abstract class.
+    return guarded._replace(request_deserializer=_safe_deserializer(deserialize))  # type: ignore[attr-defined]
+
+
+def _checking_behaviour(handler: Handler, method: str, refuse: Refuse) -> Callable[..., Any]:
+    """`handler`'s behaviour, refusing the requests (or the stream's messages) that did not decode."""
 
     async def checked(requests: AsyncIterable[Any], context: Context) -> AsyncIterator[Any]:
         async for request in requests:
@@ -192,14 +194,14 @@ def _guarded(handler: Handler, method: str, refuse: Refuse) -> Handler:
             async for reply in _replies(inner_stream_stream(checked(requests, context), context)):
                 yield reply
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+        return stream_stream
     if handler.request_streaming:
         inner_stream_unary: Any = handler.stream_unary
 
         async def stream_unary(requests: AsyncIterable[Any], context: Context) -> Any:
             return await inner_stream_unary(checked(requests, context), context)
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
+        return stream_unary
     if handler.response_streaming:
         inner_unary_stream: Any = handler.unary_stream
 
@@ -209,7 +211,7 @@ def _guarded(handler: Handler, method: str, refuse: Refuse) -> Handler:
             async for reply in _replies(inner_unary_stream(request, context)):
                 yield reply
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
+        return unary_stream
     inner_unary_unary: Any = handler.unary_unary
 
     async def unary_unary(request: Any, context: Context) -> Any:
@@ -217,4 +219,4 @@ def _guarded(handler: Handler, method: str, refuse: Refuse) -> Handler:
             await refuse(method, request, context)
         return await inner_unary_unary(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+    return unary_unary

@@ -87,7 +87,8 @@ async def test_short_deadlines_under_overload_end_promptly_and_their_work_is_dro
 
             outcomes = await asyncio.gather(*[one() for _ in range(calls)])
             await asyncio.sleep(1.0)  # let anything still running finish
-            embedded = server.metrics.items.labels(kind="image")._value.get()
+            model = server.servicer.models.loaded[0].name
+            embedded = server.metrics.items.labels(model=model, kind="image")._value.get()
             after = await stub.EmbedImages(
                 encoder_pb2.EmbedImagesRequest(images=request.images[:1]), timeout=10
             )

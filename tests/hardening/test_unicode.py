@@ -43,6 +43,8 @@ def test_json_fields(http: TestClient, name: str) -> None:
     bodies += [
         ("/search/text", {"query": "seven", "filter": {edge: 1}}),
         ("/search/text", {"query": "seven", "k": edge}),
+        ("/search/text", {"query": "seven", "collection": edge}),
+        ("/search/mixed", {"parts": [{"text": "seven"}], "collection": edge}),
         ("/search/mixed", {"parts": [{"text": edge}]}),
         ("/search/mixed", {"parts": [{"text": "seven", edge: 1}]}),
         ("/search/mixed", {"parts": [{"image": edge}]}),
@@ -61,6 +63,7 @@ def test_query_string_fields(http: TestClient, name: str) -> None:
         f"{API}/search/text?q={escaped}",
         f"{API}/search/text?q=seven&target={escaped}",
         f"{API}/search/text?q=seven&k={escaped}",
+        f"{API}/search/text?q=seven&collection={escaped}",
     ]
     for key in FIELDS_FOR_FILTERS:
         for spec in ({key: edge}, {key: ["test", edge]}):
@@ -83,7 +86,7 @@ def test_form_fields(http: TestClient, name: str) -> None:
         ):
             post_form(http, "/search/image", [upload(PNG), ("filter", spec, None, None)])
             post_form(http, "/search/sketch", [upload(PNG), ("filter", spec, None, None)])
-    for field in ("target", "k", "offset"):
+    for field in ("target", "k", "offset", "collection", "normalization"):
         post_form(http, "/search/image", [upload(PNG), (field, edge, None, None)])
     post_form(
         http, "/search/image", [("file", PNG, form_bytes(UNICODE_EDGES[name]).decode("latin-1"), "image/png")]
@@ -92,5 +95,6 @@ def test_form_fields(http: TestClient, name: str) -> None:
     post_form(http, "/classify", [upload(PNG), ("labels", edge, None, None), ("labels", b"two", None, None)])
     post_form(http, "/classify", [upload(PNG), *labels, ("templates", b"a {} " + edge, None, None)])
     post_form(http, "/classify", [upload(PNG), *labels, ("kind", edge, None, None)])
+    post_form(http, "/classify", [upload(PNG), *labels, ("collection", edge, None, None)])
     post_form(http, "/classify", [upload(PNG), *labels, ("temperature", edge, None, None)])
     assert_still_serving(http)
