@@ -59,11 +59,11 @@ MAX_COLLECTION_NAME = 255
 # Cosine similarities divided by a smaller temperature overflow the softmax (NaN probabilities).
 MIN_TEMPERATURE = 1e-4
 BAD_VALUE = "bad_value"
-# A filter is a handful of fields; its JSON text (query parameter, form field) or protobuf Struct
-# is refused past this many bytes before it is parsed.
-MAX_FILTER_BYTES = 16 * 1024
 # A JSON text query (a query of MAX_QUERY_CHARS, escaped, and its options) fits in this.
 MAX_QUERY_BODY_BYTES = 64 * 1024
+# A filter's JSON text (query parameter, form field) or protobuf Struct is refused past this many
+# bytes before it is parsed: the same room as in a JSON text query's body, however it is sent.
+MAX_FILTER_BYTES = MAX_QUERY_BODY_BYTES
 # Labels read from a request at all (the `max_labels` setting, at most this, applies after).
 MAX_LABELS_READ = 1_000
 
