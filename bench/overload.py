@@ -7,7 +7,8 @@ Starts the encoder (and, for --target gateway, indexes MNIST test images and sta
 gateway with its query cache off, so every query costs the encoder), then:
 
 1. capacity: text queries from --clients closed-loop clients (each sends the next query
-   when the last is answered) for --seconds; capacity is the rate they were answered at;
+   when the last is answered, or 50 ms after a refusal) for --seconds; capacity is the rate
+   they were answered at;
 2. for each multiple m: an open-loop arrival stream at m x capacity for --seconds, each
    query sent at its scheduled time whatever happened to the others (as independent users
    would), every query a distinct text (or, with --kind image, an image: a mixed query of one
@@ -60,6 +61,7 @@ OK, REFUSED, OTHER = "answered", "refused", "other"
 CONNECTIONS = 256
 LATENCY_TARGET_MS = 50.0  # the gateway's p99 target (bench.gateway)
 OTHER_CODES: dict[str, int] = {}  # what the "other" outcomes were
+REFUSED_BACKOFF_S = 0.05  # a closed-loop client's pause after a refusal
 
 
 @dataclass
@@ -201,6 +203,8 @@ async def closed_loop(send: Send, clients: int, seconds: float, pids: dict[str, 
             started = time.monotonic()
             kind = await send(next(queries))
             phase.outcomes.append((kind, time.monotonic() - started))
+            if kind != OK:  # a polite client: refused, it does not ask again at once
+                await asyncio.sleep(REFUSED_BACKOFF_S)
 
     await asyncio.gather(*(client() for _ in range(clients)))
     done.set()

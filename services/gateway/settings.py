@@ -64,9 +64,10 @@ class GatewaySettings(ServiceSettings):
     # Overload (clipsearch.overload): queries in progress at once, HTTP and gRPC together; past them
     # up to max_queued wait, each at most max_queue_wait_s; the rest are refused at once (503 with
     # Retry-After, RESOURCE_EXHAUSTED). Probes, collection listings and media are not counted.
-    max_in_flight: int = Field(default=32, ge=1)
-    """Queries in progress at once, at most."""
-    max_queued: int = Field(default=32, ge=0)
+    max_in_flight: int = Field(default=16, ge=1)
+    """Queries in progress at once, at most. Admitted queries take about this many divided by the
+    rate the stack answers: size it to the machine (python -m bench.overload)."""
+    max_queued: int = Field(default=16, ge=0)
     """Queries waiting for a slot, at most; the rest are refused at once."""
     max_queue_wait_s: float = Field(default=0.05, ge=0)
     """How long a query may wait for a slot before it is refused."""

@@ -243,8 +243,8 @@ def raw_call(channel: grpc.Channel, method: str, payload: bytes, surface: str) -
 
 def channels(encoder_target: str, search_port: int) -> dict[str, tuple[grpc.Channel, str]]:
     return {
-        "/clipsearch.v1.Encoder/": (grpc.insecure_channel(encoder_target), "grpc-encoder"),
-        "/clipsearch.v1.Search/": (grpc.insecure_channel(f"127.0.0.1:{search_port}"), "grpc-search"),
+        "/clipsearch.v1.Encoder/": (grpc.insecure_channel(encoder_target), "grpc-raw"),
+        "/clipsearch.v1.Search/": (grpc.insecure_channel(f"127.0.0.1:{search_port}"), "grpc-raw"),
     }
 
 
@@ -281,7 +281,7 @@ def test_a_stream_batch_that_does_not_decode_ends_the_stream_invalid_argument(
             with pytest.raises(grpc.RpcError) as refused:
                 list(replies)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
-            TALLY.record("grpc-encoder", b"stream\n" + bad, refused.value.code().name)
+            TALLY.record("grpc-raw", b"stream\n" + bad, refused.value.code().name)
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
     assert not errors, [record.getMessage()[:200] for record in errors[:5]]
 
@@ -292,7 +292,7 @@ def test_any_bytes(encoder_target: str, search_port: int, payload: bytes, which:
     method = sorted(raw_protobuf.valid_requests())[which]
     target = encoder_target if ".Encoder/" in method else f"127.0.0.1:{search_port}"
     with grpc.insecure_channel(target) as channel:
-        raw_call(channel, method, payload, "grpc-encoder" if ".Encoder/" in method else "grpc-search")
+        raw_call(channel, method, payload, "grpc-raw")
 
 
 FILTER_FIELDS = ["split", "label", "style", "group", "subgroup"]
@@ -306,30 +306,30 @@ def test_unicode_edges_in_every_field(
     wire is the raw-bytes family above)."""
     edge = UNICODE_EDGES[name]
     calls: list[tuple[Callable[..., Any], Any, str]] = [
-        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[edge]), "grpc-encoder"),
-        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=["seven"], model=edge), "grpc-encoder"),
-        (search_stub.SearchText, search_pb2.TextQuery(query=edge), "grpc-search"),
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[edge]), "grpc-unicode"),
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=["seven"], model=edge), "grpc-unicode"),
+        (search_stub.SearchText, search_pb2.TextQuery(query=edge), "grpc-unicode"),
         (
             search_stub.SearchMixed,
             search_pb2.MixedQuery(parts=[search_pb2.QueryPart(text=edge)]),
-            "grpc-search",
+            "grpc-unicode",
         ),
         (
             search_stub.Classify,
             search_pb2.ClassifyRequest(image=PNG, labels=[edge, "two"], templates=["a {} " + edge]),
-            "grpc-search",
+            "grpc-unicode",
         ),
     ]
     options = search_pb2.QueryOptions(collection=edge)
     calls.append(
-        (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+        (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-unicode")
     )
-    calls.append((encoder_stub.GetModelInfo, encoder_pb2.GetModelInfoRequest(model=edge), "grpc-encoder"))
+    calls.append((encoder_stub.GetModelInfo, encoder_pb2.GetModelInfoRequest(model=edge), "grpc-unicode"))
     for key in [*FILTER_FIELDS, edge]:
         for value in (edge, ["test", edge]):
             options = search_pb2.QueryOptions(filter=struct({key: value}))
             calls.append(
-                (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-search")
+                (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-unicode")
             )
     for method, request, surface in calls:
         assert call(method, request, surface) in ALLOWED

@@ -19,6 +19,7 @@ from tests.hardening.bad_inputs import UNICODE_EDGES, valid_images
 from tests.hardening.http_fuzz import API, assert_still_serving, post_form, post_json, send, upload
 
 PNG = valid_images()["png"]
+SURFACE = "http-unicode"
 FIELDS_FOR_FILTERS = ["split", "label", "style", "group", "subgroup"]
 
 
@@ -51,7 +52,7 @@ def test_json_fields(http: TestClient, name: str) -> None:
         ("/search/mixed", {"parts": [{"text": "seven", "weight": edge}]}),
     ]
     for path, body in bodies:
-        post_json(http, path, body)
+        post_json(http, path, body, SURFACE)
     assert_still_serving(http)
 
 
@@ -71,7 +72,7 @@ def test_query_string_fields(http: TestClient, name: str) -> None:
             raw = json.dumps(spec, ensure_ascii=False).encode("utf-8", "surrogatepass")
             urls.append(f"{API}/search/text?q=seven&filter={quote(raw, safe='')}")
     for url in urls:
-        send(http, "GET", url)
+        send(http, "GET", url, surface=SURFACE)
     assert_still_serving(http)
 
 
@@ -84,17 +85,21 @@ def test_form_fields(http: TestClient, name: str) -> None:
             b'{"' + key.encode() + b'": "' + edge + b'"}',
             b'{"' + key.encode() + b'": ["test", "' + edge + b'"]}',
         ):
-            post_form(http, "/search/image", [upload(PNG), ("filter", spec, None, None)])
-            post_form(http, "/search/sketch", [upload(PNG), ("filter", spec, None, None)])
+            post_form(http, "/search/image", [upload(PNG), ("filter", spec, None, None)], SURFACE)
+            post_form(http, "/search/sketch", [upload(PNG), ("filter", spec, None, None)], SURFACE)
     for field in ("target", "k", "offset", "collection", "normalization"):
-        post_form(http, "/search/image", [upload(PNG), (field, edge, None, None)])
-    post_form(
-        http, "/search/image", [("file", PNG, form_bytes(UNICODE_EDGES[name]).decode("latin-1"), "image/png")]
-    )
+        post_form(http, "/search/image", [upload(PNG), (field, edge, None, None)], SURFACE)
+    filename = form_bytes(UNICODE_EDGES[name]).decode("latin-1")
+    post_form(http, "/search/image", [("file", PNG, filename, "image/png")], SURFACE)
     labels = [("labels", b"one", None, None), ("labels", b"two", None, None)]
-    post_form(http, "/classify", [upload(PNG), ("labels", edge, None, None), ("labels", b"two", None, None)])
-    post_form(http, "/classify", [upload(PNG), *labels, ("templates", b"a {} " + edge, None, None)])
-    post_form(http, "/classify", [upload(PNG), *labels, ("kind", edge, None, None)])
-    post_form(http, "/classify", [upload(PNG), *labels, ("collection", edge, None, None)])
-    post_form(http, "/classify", [upload(PNG), *labels, ("temperature", edge, None, None)])
+    post_form(
+        http,
+        "/classify",
+        [upload(PNG), ("labels", edge, None, None), ("labels", b"two", None, None)],
+        SURFACE,
+    )
+    post_form(http, "/classify", [upload(PNG), *labels, ("templates", b"a {} " + edge, None, None)], SURFACE)
+    post_form(http, "/classify", [upload(PNG), *labels, ("kind", edge, None, None)], SURFACE)
+    post_form(http, "/classify", [upload(PNG), *labels, ("collection", edge, None, None)], SURFACE)
+    post_form(http, "/classify", [upload(PNG), *labels, ("temperature", edge, None, None)], SURFACE)
     assert_still_serving(http)
