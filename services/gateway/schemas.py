@@ -116,10 +116,11 @@ def filter_from_json(raw: str | None) -> dict[str, Any] | None:
         raise QueryError(f"the filter is {len(raw)} characters; the limit is {MAX_FILTER_BYTES}")
     try:
         parsed = json.loads(raw)
-    # RecursionError: "[[[[..." nested too deep; ValueError: an integer of more digits than Python
-    # converts (JSONDecodeError is a ValueError too).
-    except (ValueError, RecursionError):
+    # RecursionError: "[[[[..." nested too deep.
+    except (json.JSONDecodeError, RecursionError):
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}') from None
+    except ValueError:  # an integer of more digits than Python converts (4,300): never a 64-bit one
+        raise QueryError("filter holds an integer of thousands of digits; values are 64-bit") from None
     if not isinstance(parsed, dict):
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}')
     return parsed
