@@ -286,9 +286,11 @@ def looks_like_line_art(image: Image.Image) -> bool:
     return bool(thin and _LINE_ART_BOX[0] <= box <= _LINE_ART_BOX[1])
 
 
-DOMAIN_TESTS: dict[SketchNormalization, DomainTest] = {
-    SketchNormalization.NONE: lambda image: True,  # nothing to bring it into
-    SketchNormalization.MNIST: looks_like_mnist,
+# Keyed by the normalisation's name as checkpoints record it (SketchNormalization values).
+DOMAIN_TESTS: dict[str, DomainTest] = {
+    "none": lambda image: True,  # nothing to bring it into
+    "mnist": looks_like_mnist,
+    "line-art": looks_like_line_art,
 }
 
 
@@ -297,7 +299,7 @@ def in_domain(image: Image.Image, mode: SketchNormalization) -> bool:
 
     A normalisation without a test (tests require one each) leaves every picture as it is.
     """
-    test = DOMAIN_TESTS.get(mode)
+    test = DOMAIN_TESTS.get(mode.value)
     return True if test is None else test(image)
 
 

@@ -42,7 +42,7 @@ def filling_its_frame(image: Image.Image, margin: int = 4) -> Image.Image:
 
 
 def test_every_normalisation_has_a_domain_test() -> None:
-    assert set(DOMAIN_TESTS) == set(SketchNormalization)
+    assert {mode.value for mode in SketchNormalization} <= set(DOMAIN_TESTS)
 
 
 @pytest.mark.parametrize("size", [28, 56, 280])
