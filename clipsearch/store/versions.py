@@ -15,12 +15,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError, StoreUnavailable
+from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError
 
 _ALIAS = re.compile(r"[A-Za-z0-9_.-]+")
 _SEPARATOR = "__v"
@@ -119,14 +118,6 @@ def published_order(manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
     ]
 
 
-def in_use(path: str | Path) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"the embedded vector store at {path} is in use by another process (for example the "
-        "gateway). The embedded store allows one process at a time: run the indexer before "
-        "starting the gateway, or point both at a Qdrant server URL."
-    )
-
-
 class VersionedStore(ABC):
     """The VectorStore methods that are policy, over the backend primitives below."""
 
@@ -161,7 +152,8 @@ class VersionedStore(ABC):
         """Write the manifest of `name` and point `alias` at it; readers see the old or the new."""
 
     @abstractmethod
-    def _drop(self, names: Sequence[str]) -> None: ...
+    def _drop(self, names: Sequence[str]) -> list[str]:
+        """Drop the versions `names`; returns those dropped (a backend may keep one still in use)."""
 
     @abstractmethod
     def _search(
@@ -322,6 +314,4 @@ class VersionedStore(ABC):
             manifests = {name: self._manifest(name) for name in self._newest_first(alias)}
             newest_first = [(name, bool(manifest.get("complete"))) for name, manifest in manifests.items()]
             dropped = to_prune(newest_first, live, keep, published_order(manifests))
-            if dropped:
-                self._drop(dropped)
-        return dropped
+            return self._drop(dropped) if dropped else []
