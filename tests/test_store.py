@@ -290,3 +290,31 @@ def test_rollback_restores_the_previous_version_and_keeps_what_it_replaced(
         assert [v.name for v in opened.versions("digits")] == [third, first]
     finally:
         opened.close()
+
+
+def test_a_rollback_beside_a_reader_holding_the_versions(tmp_path: Path) -> None:
+    """Embedded (Edge) store, two openers as two processes: the indexer rolls back while a gateway
+    holds both versions; it neither opens them nor waits for them, and the reader follows."""
+    from clipsearch.store.edge import EdgeStore
+
+    indexer, gateway = EdgeStore(tmp_path / "store"), EdgeStore(tmp_path / "store")
+    try:
+        old_points, new_points = make_points(5), make_points(6)
+        old = build(indexer, "digits", old_points, fingerprint="fp1", keep=2)
+        query = old_points[0].vectors[IMAGE_VECTOR]
+        assert gateway.search("digits", query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)  # holds old
+        new = build(indexer, "digits", new_points, fingerprint="fp2", keep=2)
+        assert gateway.collection_info("digits").name == new  # type: ignore[union-attr]
+        gateway.search("digits", query, k=1)  # holds new too
+
+        previous = indexer.previous_version("digits")
+        assert previous is not None
+        assert (previous.name, previous.count) == (old, 5)
+        indexer.restore_version("digits", old, keep=2, extra={"rolled_back_from": new})
+        live = gateway.collection_info("digits")
+        assert live is not None
+        assert (live.name, live.extra["rolled_back_from"]) == (old, new)
+        assert gateway.search("digits", query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        indexer.close()
+        gateway.close()

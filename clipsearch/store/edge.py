@@ -358,6 +358,21 @@ class EdgeStore(VersionedStore):
             self._state["aliases"][alias] = name
             self._write_manifest()  # the alias swap: one atomic rename
 
+    def _repoint(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        # Optimised when first published: only the alias moves (a reader may hold the version).
+        with self._exclusive():
+            if name not in self._state["versions"]:
+                raise CollectionNotFound(f"collection {name!r} was dropped")
+            self._state["versions"][name].update(manifest)
+            self._state["aliases"][alias] = name
+            self._write_manifest()
+
+    def _describe_at_rest(self, name: str, alias: str | None) -> CollectionInfo | None:
+        entry = self._state["versions"].get(name)
+        if entry is None or name in self._shards or "points" not in entry:
+            return self._describe(name, alias)
+        return describe(name, alias, self._manifest(name), int(entry["points"]))
+
     def _drop(self, names: Sequence[str]) -> list[str]:
         with self._exclusive():
             dropped = [name for name in names if name in self._state["versions"] and self._free(name)]

@@ -151,6 +151,17 @@ class VersionedStore(ABC):
     def _publish(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
         """Write the manifest of `name` and point `alias` at it; readers see the old or the new."""
 
+    def _repoint(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        """Point `alias` back at `name`, a version published before, with its manifest updated; a
+        backend whose `_publish` prepares the version (Edge optimises, and so opens and holds it)
+        overrides this to only move the alias."""
+        self._publish(alias, name, manifest)
+
+    def _describe_at_rest(self, name: str, alias: str | None) -> CollectionInfo | None:
+        """`_describe` without opening the version where opening costs (Edge: this process would
+        hold it, and a gateway could not open it once it is live again)."""
+        return self._describe(name, alias)
+
     @abstractmethod
     def _drop(self, names: Sequence[str]) -> list[str]:
         """Drop the versions `names`; returns those dropped (a backend may keep one still in use)."""
@@ -283,7 +294,7 @@ class VersionedStore(ABC):
             if not manifest.get("complete"):
                 raise StoreError(f"version {collection!r} was never completed; it cannot be published")
             manifest.update({**(extra or {}), "published_at": time.time()})
-            self._publish(alias, collection, manifest)
+            self._repoint(alias, collection, manifest)
         self.prune_versions(alias, keep=keep)
 
     def previous_version(self, alias: str) -> CollectionInfo | None:
@@ -293,7 +304,7 @@ class VersionedStore(ABC):
             live = self._aliases().get(alias)
             order = published_order({name: self._manifest(name) for name in self._newest_first(alias)})
             for name in order:
-                if name != live and (info := self._describe(name, None)) is not None:
+                if name != live and (info := self._describe_at_rest(name, None)) is not None:
                     return info
         return None
 

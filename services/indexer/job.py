@@ -14,6 +14,7 @@ version it replaces is kept, and `run_rollback` points the alias back at it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from clipsearch.store import (
     FingerprintMismatch,
     Point,
     StoreError,
+    StoreUnavailable,
     VectorStore,
     open_store,
 )
@@ -238,8 +240,10 @@ class IndexJob:
                 f"queries from (or --eval-queries is 0). Pass --no-gate to publish {self.info.name!r}'s "
                 f"version of {self.settings.collection!r} without comparing it."
             )
+        if recorded_score(live.extra, query_set) is not None:
+            return  # what the live version scored when it was published stands for it
         served = {model.fingerprint for model in await self.client.list_models()}
-        if live.fingerprint not in served and recorded_score(live.extra, query_set) is None:
+        if live.fingerprint not in served:
             raise IndexerError(
                 f"the live version {live.name} of {self.settings.collection!r} was built by model "
                 f"{live.extra.get('model_name', '?')} ({live.fingerprint[:12]}), which the encoder at "
@@ -273,10 +277,11 @@ class IndexJob:
             if not evaluation.reason:
                 evaluation.reason = "--no-gate"
             return evaluation
-        if evaluation.candidate is None or evaluation.live is None:  # checked before the run; changed since
+        if evaluation.candidate is None or evaluation.live is None:
             raise IndexerError(
-                f"cannot compare {target} with the live version {live.name if live else '?'}: "
-                "the live model is no longer served. Serve it again and re-run (the build resumes), or "
+                f"cannot compare {target} with the live version {live.name if live else '?'}: it recorded "
+                "no score on this query set, and it cannot be measured now (its model is not served, or "
+                "another process holds it; see the log). Re-run once it can be (the build resumes), or "
                 "pass --no-gate."
             )
         evaluation.published = evaluation.candidate.value >= evaluation.live.value
@@ -286,9 +291,14 @@ class IndexJob:
         return evaluation
 
     async def _live_score(self, live: CollectionInfo, query_set: QuerySet) -> Score | None:
-        """The live version measured with its own model, or the score it recorded on this query set
-        when that model is no longer served; None when neither."""
+        """What the live version scored on this query set when it was published (the same model on
+        the same items: measuring it again would give the same, and needs neither its model served
+        nor the version opened, which another process, a gateway, may hold), else measured now with
+        its own model; None when neither can be had."""
         model_name = str(live.extra.get("model_name") or live.fingerprint[:12])
+        recorded = recorded_score(live.extra, query_set)
+        if recorded is not None:
+            return Score(live.name, live.fingerprint, model_name, recorded, recorded=True)
         try:
             return await score_version(
                 self.client,
@@ -298,11 +308,9 @@ class IndexJob:
                 model_name=model_name,
                 query_set=query_set,
             )
-        except EncoderModelNotFound:
-            recorded = recorded_score(live.extra, query_set)
-            if recorded is None:
-                return None
-            return Score(live.name, live.fingerprint, model_name, recorded, recorded=True)
+        except (EncoderModelNotFound, StoreUnavailable) as exc:
+            log.warning("cannot measure the live version %s: %s", live.name, exc)
+            return None
 
     def _mine(self, point_id: str) -> bool:
         return in_shard(point_id, self.settings.shard_count, self.settings.shard_index)
@@ -633,15 +641,13 @@ async def run_rollback(settings: IndexerSettings, *, store: VectorStore | None =
                 f"{previous.extra.get('model_name', '?')} ({previous.fingerprint[:12]}), which the encoder "
                 f"at {settings.encoder} does not serve (it serves: {names}). Serve that model first."
             )
+        extra = {"rolled_back_from": live.name, "rolled_back_at": time.time()}
         await asyncio.to_thread(
-            store.restore_version,
-            alias,
-            previous.name,
-            keep=settings.keep_versions,
-            extra={"rolled_back_from": live.name, "rolled_back_at": time.time()},
+            store.restore_version, alias, previous.name, keep=settings.keep_versions, extra=extra
         )
-        restored = await asyncio.to_thread(store.collection_info, alias)
-        assert restored is not None
+        # Described from what was read before, not asked again: asking may open the version here
+        # (the embedded store), which a gateway now needs to open.
+        restored = dataclasses.replace(previous, alias=alias, extra={**previous.extra, **extra})
         return RollbackReport(alias, restored, live)
     finally:
         if owned:

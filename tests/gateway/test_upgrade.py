@@ -67,8 +67,8 @@ class Stack:
         return IndexerSettings(**values)  # type: ignore[arg-type]
 
     def store(self) -> VectorStore:
-        """The gateway's own open store (the embedded store is one process's): the indexer writes
-        through it, as a Qdrant server would be shared."""
+        """The gateway's open store. The indexer opens its own, as another process would: the
+        embedded store lets an indexer publish beside a gateway serving the live version."""
         store: VectorStore = self.app.state.core.collections.store.call(lambda opened: opened)
         return store
 
@@ -239,14 +239,14 @@ async def test_an_upgrade_under_load_loses_no_request_and_never_mixes_models(
 
         # The upgrade: the real indexer builds the new model's version beside the live one,
         # evaluates both and publishes the new one, all while the queries run.
-        report = await run_index(stack.indexer(emoji_dir=emoji_layout), store=stack.store())
+        report = await run_index(stack.indexer(emoji_dir=emoji_layout))
         assert report.published, report.summary()
         assert report.evaluation is not None
         assert report.evaluation.gated
         await answered(40)
         upgraded_answers = len(answers)
 
-        back = await run_rollback(stack.indexer(), store=stack.store())
+        back = await run_rollback(stack.indexer())
         assert back.restored.name == old_version.name
         await answered(40)
         stop.set()

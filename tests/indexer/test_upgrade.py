@@ -87,6 +87,7 @@ async def test_a_better_model_is_published_and_a_worse_one_is_not(upgrade: MakeS
     assert evaluation.gated
     assert evaluation.candidate.value >= evaluation.live.value
     assert evaluation.live.version == first.collection
+    assert evaluation.live.recorded  # what the live version scored when it was published
     summary = better.summary()
     assert f"{evaluation.candidate.value:.3f}" in summary
     assert f"{evaluation.live.value:.3f}" in summary
@@ -115,6 +116,18 @@ async def test_a_better_model_is_published_and_a_worse_one_is_not(upgrade: MakeS
         (better.collection, "better", True),
         (first.collection, "worse", False),
     ]
+
+
+async def test_a_live_version_without_a_comparable_score_is_measured_with_its_own_model(
+    upgrade: MakeSettings,
+) -> None:
+    first = await run_index(upgrade("worse", eval_queries=6))  # another query set than the default
+    report = await run_index(upgrade("better"))
+    assert report.evaluation is not None
+    live = report.evaluation.live
+    assert live is not None
+    assert (live.version, live.model_name, live.recorded) == (first.collection, "worse", False)
+    assert report.published
 
 
 async def test_no_gate_publishes_a_worse_model(upgrade: MakeSettings) -> None:
