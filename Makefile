@@ -1,6 +1,7 @@
 # clipsearch: the targets the README names.
 #   make demo   train the compact model if needed, index MNIST, serve (http://localhost:8080)
-#   make test   lint, type-check and run the test suite
+#   make test   lint, type-check and run the whole test suite (CI), printing the 15 slowest tests
+#   make test-fast   the tests not marked slow (no lint)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -15,7 +16,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, exactly pinned: a looser spec would pull the multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	# Every service's extra: the demo and the tests run them all.
+	$(PY) -m pip install -q -c requirements.lock -e '.[encoder,gateway,indexer,training,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,7 +35,7 @@ from PIL import Image, ImageDraw
 from clipsearch.acceleration import CpuMode
 from clipsearch.checkpoint import load_checkpoint
 from clipsearch.embedder import Embedder
-from clipsearch.encoder_client import EncoderClient
+from clipsearch.encoder_client import EncoderClient, ImageNormalization
 from clipsearch.preprocess import decode_image
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
@@ -110,6 +111,11 @@ async def async_rate(count: int, run: Callable[[], Awaitable[object]]) -> float:
     return count / best
 
 
+async def embed_as_they_are(client: EncoderClient, images: list[bytes]) -> None:
+    """Images without the domain test and normalisation, as the in-process path decodes them."""
+    await client.embed("image", images, normalization=ImageNormalization.OFF)
+
+
 async def service_rates(target: str, images: list[bytes], texts: list[str]) -> dict[tuple[str, int], float]:
     rates = {}
     async with EncoderClient(target, timeout_s=60) as client:
@@ -117,7 +123,7 @@ async def service_rates(target: str, images: list[bytes], texts: list[str]) -> d
 
             async def embed_images(batch: int = batch) -> None:
                 for chunk in chunks(images, batch):
-                    await client.embed_images(chunk)
+                    await embed_as_they_are(client, chunk)
 
             async def embed_texts(batch: int = batch) -> None:
                 for chunk in chunks(texts, batch):
@@ -142,7 +148,9 @@ async def concurrent_rates(target: str, images: list[bytes], texts: list[str]) -
             )
 
         return {
-            "image": await async_rate(len(images), lambda: clients(images, client.embed_images)),
+            "image": await async_rate(
+                len(images), lambda: clients(images, partial(embed_as_they_are, client))
+            ),
             "text": await async_rate(len(texts), lambda: clients(texts, client.embed_texts)),
         }
 

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 
-import httpx
 import numpy as np
 
 from bench.http_load import KeepAliveConnection
@@ -42,13 +40,13 @@ from bench.stack import (
     index_mnist,
     start_encoder,
     start_gateway,
-    stop,
     trained_or_random_checkpoint,
-    wait_for,
-    wait_for_gateway,
+    wait_encoder,
+    wait_gateway,
 )
 from clipsearch.affinity import split_for_services
 from clipsearch.encoder_client import EncoderClient
+from clipsearch.processes import Service
 from clipsearch.store import open_store
 from services.gateway.settings import GatewaySettings
 
@@ -106,11 +104,11 @@ async def run(args: argparse.Namespace) -> int:
         encoder = start_encoder(
             model_path, encoder_port, args.encoder_threads, workdir / "encoder.log", encoder_cpus
         )
-        gateway: subprocess.Popen[bytes] | None = None
+        gateway: Service | None = None
         results: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
         try:
             async with EncoderClient(target) as client:
-                await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
+                await wait_encoder(encoder, target)
                 started = time.perf_counter()
                 summary_line = await index_mnist(target, store_path, media_dir, mnist_dir, args.limit)
                 print(f"indexed in {time.perf_counter() - started:.0f} s: {summary_line}")
@@ -143,17 +141,16 @@ async def run(args: argparse.Namespace) -> int:
                     {"GATEWAY_QUERY_CACHE_SIZE": cache_size},
                     gateway_cpus,
                 )
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-                    await wait_for_gateway(http, gateway, workdir / "gateway.log")
+                await wait_gateway(gateway, http_port)
                 for clients in (1, args.clients):
                     requests = args.requests if clients > 1 else args.requests // 4
                     results[path, clients] = await http_latencies(http_port, requests, clients)
-                stop(gateway)
+                gateway.stop()
                 gateway = None
         finally:
             if gateway is not None:
-                stop(gateway)
-            stop(encoder)
+                gateway.stop()
+            encoder.stop()
 
     print(f"text queries, k=10, encoder torch threads {args.encoder_threads}, {os.cpu_count()} CPUs")
     print("direct: encoder + store from this process; http: the gateway, query cache off;")

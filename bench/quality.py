@@ -23,7 +23,6 @@ import asyncio
 import io
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,13 +43,12 @@ from bench.stack import (
     index_mnist,
     start_encoder,
     start_gateway,
-    stop,
-    wait_for,
-    wait_for_gateway,
+    wait_encoder,
+    wait_gateway,
 )
 from clipsearch.checkpoint import CheckpointMeta
-from clipsearch.encoder_client import EncoderClient
 from clipsearch.preprocess import decode_sketch
+from clipsearch.processes import Service
 
 K = 10
 TEXT_TARGET, SKETCH_TARGET = 0.99, 0.90
@@ -242,16 +240,15 @@ async def run(args: argparse.Namespace) -> int:
         target = f"127.0.0.1:{encoder_port}"
         store_path, media_dir = workdir / "qdrant", workdir / "media"
         encoder = start_encoder(str(checkpoint), encoder_port, args.encoder_threads, workdir / "encoder.log")
-        gateway: subprocess.Popen[bytes] | None = None
+        gateway: Service | None = None
         try:
-            async with EncoderClient(target) as client:
-                await wait_for(client.serving, encoder, "encoder", workdir / "encoder.log")
+            await wait_encoder(encoder, target)
             started = time.perf_counter()
             summary = await index_mnist(target, store_path, media_dir, args.mnist_dir, args.limit)
             print(f"indexed in {time.perf_counter() - started:.0f} s: {summary}")
             gateway = start_gateway(target, store_path, media_dir, http_port, workdir / "gateway.log")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
-                await wait_for_gateway(http, gateway, workdir / "gateway.log")
+                await wait_gateway(gateway, http_port)
                 started = time.perf_counter()
                 outcomes = await ask_all(http, queries)
                 print(f"{len(queries)} queries in {time.perf_counter() - started:.1f} s")
@@ -262,8 +259,8 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"top-5 hits sheet: {sheets / 'quality-results.png'}")
         finally:
             if gateway is not None:
-                stop(gateway)
-            stop(encoder)
+                gateway.stop()
+            encoder.stop()
 
     print(report(outcomes))
     if args.show_misses:

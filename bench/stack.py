@@ -1,32 +1,22 @@
 """The real services on loopback for bench scripts: encoder, MNIST indexing, gateway.
 
-Each service runs as `python -m services.<name>` in its own process, configured
-through its environment variables, exactly as a deployment starts it.
+Each service runs as `python -m services.<name>` in its own process (clipsearch.processes),
+configured through its environment variables, exactly as a deployment starts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
+from clipsearch.processes import Service, free_port, run, start
+
+__all__ = ["free_port"]  # the tests and benches have long imported it from here
 
 COLLECTION = "mnist"
-# The demo's served model (scripts/demo.py): the compact model with its text tower distilled.
+# The demo's served model (clipsearch/demo.py): the compact model with its text tower distilled.
 TRAINED = Path("var/checkpoints/mnist-compact-distilled")
-READY_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def trained_or_random_checkpoint(workdir: Path, trained: Path = TRAINED) -> tuple[str, str]:
@@ -41,43 +31,12 @@ def trained_or_random_checkpoint(workdir: Path, trained: Path = TRAINED) -> tupl
     return str(target), "compact model with random weights (no trained checkpoint found)"
 
 
-def start(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    # Output to a file: an unread pipe would fill up and stall the service.
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], process: subprocess.Popen[bytes], what: str, log: Path
-) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not await check():
-        if process.poll() is not None:
-            output = await asyncio.to_thread(log.read_text, errors="replace")
-            raise SystemExit(f"{what} exited ({process.returncode}):\n{output[-2000:]}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not become ready")
-        await asyncio.sleep(0.3)
-
-
 def start_encoder(
     checkpoint: str, port: int, torch_threads: int, log: Path, cpus: str | None = None
-) -> subprocess.Popen[bytes]:
+) -> Service:
     return start(
         "services.encoder",
-        {
+        env={
             "ENCODER_CHECKPOINT": checkpoint,
             "ENCODER_HOST": "127.0.0.1",
             "ENCODER_PORT": str(port),
@@ -85,8 +44,12 @@ def start_encoder(
             "ENCODER_TORCH_THREADS": str(torch_threads),
             **({"ENCODER_CPUS": cpus} if cpus else {}),
         },
-        log,
+        log=log,
     )
+
+
+async def wait_encoder(encoder: Service, target: str) -> None:
+    await asyncio.to_thread(encoder.wait_grpc_serving, target)
 
 
 async def index_mnist(
@@ -94,16 +57,11 @@ async def index_mnist(
 ) -> str:
     """Index the MNIST test split with the real indexer job; returns its summary line."""
     indexed = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "services.indexer",
-            "--no-progress",
-            *(["--limit", str(limit)] if limit else []),
-        ],
+        run,
+        "services.indexer",
+        "--no-progress",
+        *(["--limit", str(limit)] if limit else []),
         env={
-            **os.environ,
             "INDEXER_ENCODER": encoder_target,
             "INDEXER_STORE_PATH": str(store_path),
             "INDEXER_MEDIA_DIR": str(media_dir),
@@ -112,9 +70,6 @@ async def index_mnist(
             "INDEXER_MNIST_DIR": mnist_dir,
             "INDEXER_MNIST_SPLIT": "test",
         },
-        check=False,
-        capture_output=True,
-        text=True,
     )
     if indexed.returncode != 0:
         raise SystemExit(f"indexing failed:\n{indexed.stderr[-2000:]}")
@@ -129,10 +84,10 @@ def start_gateway(
     log: Path,
     extra_env: Mapping[str, str] | None = None,
     cpus: str | None = None,
-) -> subprocess.Popen[bytes]:
+) -> Service:
     return start(
         "services.gateway",
-        {
+        env={
             **({"GATEWAY_CPUS": cpus} if cpus else {}),
             "GATEWAY_ENCODER": encoder_target,
             "GATEWAY_STORE_PATH": str(store_path),
@@ -143,15 +98,9 @@ def start_gateway(
             "GATEWAY_GRPC_PORT": str(free_port()),
             **(extra_env or {}),
         },
-        log,
+        log=log,
     )
 
 
-async def wait_for_gateway(http: httpx.AsyncClient, gateway: subprocess.Popen[bytes], log: Path) -> None:
-    async def ready() -> bool:
-        try:
-            return (await http.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(ready, gateway, "gateway", log)
+async def wait_gateway(gateway: Service, http_port: int) -> None:
+    await asyncio.to_thread(gateway.wait_http_ready, f"http://127.0.0.1:{http_port}/readyz")

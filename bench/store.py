@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.edge_store import EdgeStore, EdgeTuning
 from clipsearch.store import IMAGE_VECTOR, Point, VectorStore, open_store
+from clipsearch.store.edge import EdgeStore, EdgeTuning
 
 K = 10
 LABELS = 10

@@ -14,6 +14,9 @@ With `max_in_flight` above 1, that many batches run at once (the gateway keeps
 the encoder busy while the next call forms); `isolate` names failures that are
 one item's fault, after which each request of the failed batch is retried
 alone, so one bad query cannot fail the queries it happened to share a call with.
+
+A batch runs with the request ids of the requests it serves (`clipsearch.logs`), so the
+gateway's shared calls carry them all to the encoder and log lines name them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from clipsearch.logs import REQUEST_ID, current_request_id, joined_request_ids
 
 Item = TypeVar("Item")
 BatchFn = Callable[[list[Item]], np.ndarray]
@@ -48,6 +53,7 @@ class _Work(Generic[Item]):
     items: list[Item]
     future: asyncio.Future[np.ndarray]
     enqueued_at: float = field(default_factory=time.monotonic)
+    request_id: str | None = field(default_factory=current_request_id)
 
 
 class MicroBatcher(Generic[Item]):
@@ -167,6 +173,8 @@ class MicroBatcher(Generic[Item]):
             task.add_done_callback(self._running.discard)
 
     async def _answer(self, batch: list[_Work[Item]]) -> None:
+        # A task of its own: the id set here is this batch's only.
+        REQUEST_ID.set(joined_request_ids([work.request_id for work in batch]))
         try:
             items = [item for work in batch for item in work.items]
             try:
@@ -197,6 +205,7 @@ class MicroBatcher(Generic[Item]):
         for work in batch:
             if work.future.done():
                 continue
+            REQUEST_ID.set(work.request_id)
             try:
                 rows = await self._run(work.items)
             except asyncio.CancelledError:

@@ -210,6 +210,12 @@ def resolve_checkpoint(source: str | Path, cache_dir: Path | None = None) -> Pat
         ) from None
 
 
+def checkpoint_name(source: str | Path) -> str:
+    """A checkpoint's human-readable name: its directory's name, or the hub id as given."""
+    path = Path(source).expanduser()
+    return path.resolve().name if path.exists() else str(source)
+
+
 def load_checkpoint(
     source: str | Path,
     *,
@@ -260,7 +266,7 @@ def load_checkpoint(
         image_processor=image_processor,
         meta=CheckpointMeta.read(directory),
         path=directory,
-        name=str(source) if not Path(source).exists() else directory.resolve().name,
+        name=checkpoint_name(source),
         fingerprint=fingerprint,
         device=torch_device,
         dtype=torch_dtype,

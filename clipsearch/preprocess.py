@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # annotations only: the indexer imports this module and must not need torch
+    import torch
 
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
 # larger ones before decoding keeps a hostile upload from eating the memory.
@@ -228,6 +230,97 @@ def decode_sketch(
 ) -> Image.Image:
     """Sketch bytes (a canvas PNG, transparent or on white) to a model-domain RGB image."""
     return normalize_sketch(decode_image(data, max_pixels=max_pixels), mode)
+
+
+# Domain tests: does a decoded picture already look like the images a normalisation produces (the
+# model's own images)? One test per normalisation, beside it; a new domain adds its entry to
+# DOMAIN_TESTS. Image queries (to_model_domain) get the normalisation only when the test says no.
+DomainTest = Callable[[Image.Image], bool]
+
+# An MNIST image: grey, white ink on a black background that fills the border, the ink's box
+# 20 px of 28 on its longer side and centred by mass. The bounds are loose around what every
+# MNIST test image measures (bench/domain.py counts the ones left as they are); a digit on paper,
+# a colour picture, or a digit that fills its frame or sits off centre fails one of them.
+_MNIST_MAX_CHROMA = 12.0  # mean max-min over R, G, B: a grey picture
+_MNIST_BORDER_DARK = 0.9  # share of the outer ring (1/14 of the side) darker than 64
+_MNIST_BOX_RANGE = (0.3, 0.85)  # longer side of the ink's box over the image's side (MNIST: 20/28)
+# Centre of mass at most this far from the centre, over the side: MNIST's own are within 0.02, but a
+# digit a little off centre is still the model's (training shifts digits by up to 0.1), and leaving
+# near-domain pictures alone is the safe side of the test.
+_MNIST_CENTRE_OFF = 0.2
+_MNIST_MAX_ASPECT = 1.25
+
+
+_DOMAIN_PROBE_PX = 128  # domain tests look at a copy at most this large: bounded cost for any upload
+
+
+def _domain_probe(image: Image.Image) -> Image.Image:
+    """A small RGB copy of `image` for the domain tests (their measures do not depend on the size)."""
+    probe = image.convert("RGB")
+    if max(probe.size) > _DOMAIN_PROBE_PX:
+        probe = ImageOps.contain(probe, (_DOMAIN_PROBE_PX, _DOMAIN_PROBE_PX), Image.Resampling.BOX)
+    return probe
+
+
+def looks_like_mnist(image: Image.Image) -> bool:
+    """True when `image` (decoded RGB) already looks like an MNIST digit, at any resolution."""
+    width, height = image.size
+    if max(width, height) > _MNIST_MAX_ASPECT * min(width, height):
+        return False
+    image = _domain_probe(image)
+    width, height = image.size
+    rgb = np.asarray(image, dtype=np.int16)
+    if float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > _MNIST_MAX_CHROMA:
+        return False
+    gray = rgb.mean(axis=2)
+    ring = max(1, round(min(width, height) / 14))
+    border = np.concatenate(
+        [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
+    )
+    if float((border < 64).mean()) < _MNIST_BORDER_DARK:
+        return False
+    peak = float(gray.max())
+    if peak < 128:
+        return False
+    rows, cols = np.nonzero(gray > peak * 0.25)
+    box = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / max(width, height)
+    if not _MNIST_BOX_RANGE[0] <= box <= _MNIST_BOX_RANGE[1]:
+        return False
+    ys, xs = np.indices(gray.shape)
+    total = float(gray.sum())
+    off_y = float((ys * gray).sum()) / total / height - 0.5
+    off_x = float((xs * gray).sum()) / total / width - 0.5
+    return max(abs(off_y), abs(off_x)) <= _MNIST_CENTRE_OFF
+
+
+DOMAIN_TESTS: dict[SketchNormalization, DomainTest] = {
+    SketchNormalization.NONE: lambda image: True,  # nothing to bring it into
+    SketchNormalization.MNIST: looks_like_mnist,
+}
+
+
+def in_domain(image: Image.Image, mode: SketchNormalization) -> bool:
+    """Whether `image` already looks like the model's images, for a model that records `mode`.
+
+    A normalisation without a test (tests require one each) leaves every picture as it is.
+    """
+    test = DOMAIN_TESTS.get(mode)
+    return True if test is None else test(image)
+
+
+def to_model_domain(image: Image.Image, mode: SketchNormalization) -> tuple[Image.Image, SketchNormalization]:
+    """A picture for a model whose sketches get `mode`: as it is when it already looks like the
+    model's images, else normalised as a sketch. Returns the image and the normalisation applied.
+
+    A picture the normalisation finds no strokes in (a blank page) is kept as it is: an image
+    query has no duty to be a drawing.
+    """
+    if in_domain(image, mode):
+        return image, SketchNormalization.NONE
+    try:
+        return normalize_sketch(image, mode), mode
+    except ImageInputError:
+        return image, SketchNormalization.NONE
 
 
 def pixel_values(images: Sequence[Image.Image], processor: ImageProcessor) -> torch.Tensor:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from clipsearch.logs import HANDLER_NAME
 from training.models import build_compact
+
+if TYPE_CHECKING:
+    from services.encoder.server import EncoderServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +31,18 @@ def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ENCODER_ONNX_CACHE_DIR", None)
     else:
         os.environ["ENCODER_ONNX_CACHE_DIR"] = previous
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The root logger as it was after each test: tests call configure_logging, directly or through
+    a service's main, which replaces the handler and the level."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +80,32 @@ def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
     settings = EncoderSettings(checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0, metrics_port=0)
     with serve_in_thread(settings) as running:
         yield f"127.0.0.1:{running.port}"
+
+
+# The names the `two_model_encoder` serves its models under.
+TWO_MODELS = ("first", "second")
+
+
+@pytest.fixture(scope="session")
+def two_model_encoder(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> Iterator[EncoderServer]:
+    """One encoder on loopback serving two models, "first" (tiny_checkpoint) and "second"
+    (other_tiny_checkpoint); its target is f"127.0.0.1:{server.port}"."""
+    from services.encoder.server import serve_in_thread
+    from services.encoder.settings import EncoderSettings
+
+    settings = EncoderSettings(
+        models=f"first={tiny_checkpoint},second={other_tiny_checkpoint}",
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        # Exactly the in-process embedding, so tests can compare vectors with it.
+        text_runtime="torch",
+        cpu_mode="fp32",
+        max_batch_size=16,
+        max_wait_ms=50,  # wide enough to batch concurrent calls
+    )
+    with serve_in_thread(settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from clipsearch.affinity import CpuSpecError, available_cpus, parse_cpus, split_for_services
+from clipsearch.processes import run
 from services.encoder.settings import EncoderSettings
 from services.gateway.settings import GatewaySettings
-from tests.gateway.conftest import REPO_ROOT
+from tests.processes import REPO, python_env
 
 
 @pytest.mark.parametrize(
@@ -62,11 +62,11 @@ def test_pinning_reaches_threads_started_before_and_after() -> None:
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env=python_env(),
     )
     assert done.stdout.strip() == f"[{cpu}]"
 
@@ -84,18 +84,15 @@ def test_settings_refuse_a_bad_cpu_list_and_treat_empty_as_unset(
 
 
 @pytest.mark.parametrize(
-    ("module", "variable"), [("services.encoder", "ENCODER_CPUS"), ("services.gateway", "GATEWAY_CPUS")]
+    ("module", "variable"),
+    [
+        pytest.param("services.encoder", "ENCODER_CPUS", marks=pytest.mark.slow),  # loads torch
+        ("services.gateway", "GATEWAY_CPUS"),
+    ],
 )
 def test_services_refuse_cpus_they_cannot_have_with_a_message(module: str, variable: str) -> None:
     missing = max(available_cpus()) + 1
-    done = subprocess.run(
-        [sys.executable, "-m", module],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), variable: str(missing)},
-    )
+    done = run(module, env=python_env(**{variable: str(missing)}), cwd=REPO, timeout_s=60)
     assert done.returncode == 2
     assert f"CPU {missing} is not available here" in done.stderr
     assert "Traceback" not in done.stderr

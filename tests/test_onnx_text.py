@@ -35,7 +35,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> LoadedCheckpoint:
     return load_checkpoint(directory, device="cpu")
 
 
-@pytest.mark.parametrize("model", ["tiny", "minilm"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("runtime", [TextRuntime.ONNX, TextRuntime.ONNX_INT8])
 def test_onnx_runtimes_embed_unit_vectors_close_to_torch(
     model: str, runtime: TextRuntime, request: pytest.FixtureRequest, tmp_path: Path
@@ -52,6 +52,7 @@ def test_onnx_runtimes_embed_unit_vectors_close_to_torch(
     assert smallest >= (0.99999 if runtime is TextRuntime.ONNX else onnx_text.MIN_PROBE_COSINE), smallest
 
 
+@pytest.mark.slow
 def test_a_text_gets_the_same_int8_vector_whatever_its_batch(
     minilm: LoadedCheckpoint, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from clipsearch.store import (
     StoreUnavailable,
     open_store,
     to_qdrant_filter,
+    validate_filter,
 )
 
 DIM = 8
@@ -89,6 +90,28 @@ def test_bad_filters_are_rejected_before_the_store(store: QdrantStore) -> None:
         to_qdrant_filter({"colour": "red"})
     with pytest.raises(FilterError, match="int"):
         store.search("digits", unit(0), filter={"label": "seven"})
+
+
+def test_validate_filter_returns_the_normalised_filter_and_leaves_its_input_alone() -> None:
+    given = {"label": [1.0, 7], "split": "test", "style": "openmoji-line"}
+    checked = validate_filter(given)
+    assert checked == {"label": [1, 7], "split": "test", "style": "openmoji-line"}
+    assert checked is not None
+    assert all(type(v) is int for v in checked["label"])
+    assert given["label"] == [1.0, 7]  # a copy: the caller's dict is not changed
+    assert validate_filter({"label": -7.0}) == {"label": -7}
+    assert validate_filter(None) is None
+    assert validate_filter({}) == {}
+
+
+def test_qdrant_filters_are_built_from_the_normalised_filter() -> None:
+    built = to_qdrant_filter({"label": 7.0, "group": ["Objects", "Symbols"]})
+    assert built is not None
+    conditions = {c.key: c.match for c in built.must}
+    assert conditions["label"].value == 7
+    assert type(conditions["label"].value) is int
+    assert conditions["group"].any == ["Objects", "Symbols"]
+    assert to_qdrant_filter({}) is None
 
 
 def test_offset_pages_through_results(store: QdrantStore) -> None:

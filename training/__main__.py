@@ -4,8 +4,8 @@ tower into a shallower, faster one (see `--help`)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,13 @@ import torch
 
 from clipsearch.checkpoint import CheckpointError
 from clipsearch.datasets import EMOJI_STYLES, DatasetError, export_caption_csv, heldout_concepts, read_emoji
+from clipsearch.logs import configure_logging
 from training.config import ConfigError, FreezeMode, load_config
 from training.distill import DistillConfig, DistillError, distill_checkpoint
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a compact CLIP from scratch or fine-tune a checkpoint")
     train.add_argument("--config", type=Path, help="YAML file with settings (command-line flags win)")
@@ -151,9 +152,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m training") -> int:
+    args = parser(prog).parse_args(argv)
+    configure_logging()
     if args.command == "distill-text":
         return distill(args)
     if args.command == "export-csv":

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder
+from clipsearch.progress import progress_bar
 from training.data import PLURAL_TEMPLATES, SINGULAR_TEMPLATES, all_captions, label_forms, with_articles
 from training.models import DIGIT_WORDS, ModelBundle
 from training.queries import query_set
@@ -210,7 +210,7 @@ def distill_text(teacher_checkpoint: LoadedCheckpoint, output: Path, config: Dis
     )
     student.text_model.train()
     started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="distilling the text tower", disable=not config.progress)
+    bar = progress_bar(range(config.steps), desc="distilling the text tower", disable=not config.progress)
     for _ in bar:
         batch = embedder.tokenize(corpus.batch(config.batch_size))
         with torch.no_grad():

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ import torch
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from clipsearch.datasets import EMOJI_STYLES, DatasetError
 from clipsearch.embedder import Embedder
+from clipsearch.logs import configure_logging
 from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
@@ -371,9 +373,9 @@ def run_emoji(
     return report
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m training.evaluate") -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -417,9 +419,9 @@ def parser() -> argparse.ArgumentParser:
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m training.evaluate") -> int:
+    args = parser(prog).parse_args(argv)
+    configure_logging()
     kind: Literal["mnist", "captions", "folders", "emoji"] = (
         "captions" if args.captions else "folders" if args.image_folder else "mnist"
     )

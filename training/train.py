@@ -17,11 +17,11 @@ import numpy as np
 import safetensors
 import safetensors.torch
 import torch
-from tqdm import tqdm
 
 from clipsearch.checkpoint import load_checkpoint, pick_device
 from clipsearch.datasets import LINE_ART_STYLE
 from clipsearch.embedder import Embedder, image_features, text_features
+from clipsearch.progress import progress_bar
 from training.config import TrainConfig
 from training.data import (
     PairData,
@@ -283,7 +283,7 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             else None
         )
         started, cpu_started, losses, seen = time.perf_counter(), time.process_time(), [], 0
-        bar = tqdm(
+        bar = progress_bar(
             range(batches_per_epoch),
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not config.progress,

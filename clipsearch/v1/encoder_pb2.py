@@ -24,35 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63lipsearch/v1/encoder.proto\x12\rclipsearch.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"!\n\x10\x45mbedTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"(\n\x14\x45mbedSketchesRequest\x12\x10\n\x08sketches\x18\x01 \x03(\x0c\"X\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"%\n\tImageItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"5\n\nImageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.ImageItem\"U\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\tembedding\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.Embedding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"Z\n\x10ImageBatchResult\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.clipsearch.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xf9\x01\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x1c\n\x14sketch_normalization\x18\x07 \x01(\t\x12\x13\n\x0blogit_scale\x18\x08 \x01(\x02\x12\x17\n\x0fmax_text_tokens\x18\t \x01(\r\x12\x17\n\x0fmax_batch_items\x18\n \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x0b \x01(\t2\x9c\x03\n\x07\x45ncoder\x12J\n\tEmbedText\x12\x1f.clipsearch.v1.EmbedTextRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12N\n\x0b\x45mbedImages\x12!.clipsearch.v1.EmbedImagesRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12R\n\rEmbedSketches\x12#.clipsearch.v1.EmbedSketchesRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12S\n\x11StreamEmbedImages\x12\x19.clipsearch.v1.ImageBatch\x1a\x1f.clipsearch.v1.ImageBatchResult(\x01\x30\x01\x12L\n\x0cGetModelInfo\x12\".clipsearch.v1.GetModelInfoRequest\x1a\x18.clipsearch.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63lipsearch/v1/encoder.proto\x12\rclipsearch.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"0\n\x10\x45mbedTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"m\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\rnormalization\x18\x03 \x01(\x0e\x32!.clipsearch.v1.ImageNormalization\"7\n\x14\x45mbedSketchesRequest\x12\x10\n\x08sketches\x18\x01 \x03(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\"p\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x16\n\x0enormalizations\x18\x03 \x03(\t\"%\n\tImageItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"D\n\nImageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.ImageItem\x12\r\n\x05model\x18\x02 \x01(\t\"U\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\tembedding\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.Embedding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"Z\n\x10ImageBatchResult\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.clipsearch.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.ModelInfo\"\x87\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x1c\n\x14sketch_normalization\x18\x07 \x01(\t\x12\x13\n\x0blogit_scale\x18\x08 \x01(\x02\x12\x17\n\x0fmax_text_tokens\x18\t \x01(\r\x12\x17\n\x0fmax_batch_items\x18\n \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x0b \x01(\t\x12\x0c\n\x04name\x18\x0c \x01(\t*O\n\x12ImageNormalization\x12\x1c\n\x18IMAGE_NORMALIZATION_AUTO\x10\x00\x12\x1b\n\x17IMAGE_NORMALIZATION_OFF\x10\x01\x32\xef\x03\n\x07\x45ncoder\x12J\n\tEmbedText\x12\x1f.clipsearch.v1.EmbedTextRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12N\n\x0b\x45mbedImages\x12!.clipsearch.v1.EmbedImagesRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12R\n\rEmbedSketches\x12#.clipsearch.v1.EmbedSketchesRequest\x1a\x1c.clipsearch.v1.EmbedResponse\x12S\n\x11StreamEmbedImages\x12\x19.clipsearch.v1.ImageBatch\x1a\x1f.clipsearch.v1.ImageBatchResult(\x01\x30\x01\x12L\n\x0cGetModelInfo\x12\".clipsearch.v1.GetModelInfoRequest\x1a\x18.clipsearch.v1.ModelInfo\x12Q\n\nListModels\x12 .clipsearch.v1.ListModelsRequest\x1a!.clipsearch.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipsearch.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IMAGENORMALIZATION']._serialized_start=1084
+  _globals['_IMAGENORMALIZATION']._serialized_end=1163
   _globals['_EMBEDDING']._serialized_start=46
   _globals['_EMBEDDING']._serialized_end=73
   _globals['_EMBEDTEXTREQUEST']._serialized_start=75
-  _globals['_EMBEDTEXTREQUEST']._serialized_end=108
-  _globals['_EMBEDIMAGESREQUEST']._serialized_start=110
-  _globals['_EMBEDIMAGESREQUEST']._serialized_end=146
-  _globals['_EMBEDSKETCHESREQUEST']._serialized_start=148
-  _globals['_EMBEDSKETCHESREQUEST']._serialized_end=188
-  _globals['_EMBEDRESPONSE']._serialized_start=190
-  _globals['_EMBEDRESPONSE']._serialized_end=278
-  _globals['_IMAGEITEM']._serialized_start=280
-  _globals['_IMAGEITEM']._serialized_end=317
-  _globals['_IMAGEBATCH']._serialized_start=319
-  _globals['_IMAGEBATCH']._serialized_end=372
-  _globals['_IMAGERESULT']._serialized_start=374
-  _globals['_IMAGERESULT']._serialized_end=459
-  _globals['_IMAGEBATCHRESULT']._serialized_start=461
-  _globals['_IMAGEBATCHRESULT']._serialized_end=551
-  _globals['_GETMODELINFOREQUEST']._serialized_start=553
-  _globals['_GETMODELINFOREQUEST']._serialized_end=574
-  _globals['_MODELINFO']._serialized_start=577
-  _globals['_MODELINFO']._serialized_end=826
-  _globals['_ENCODER']._serialized_start=829
-  _globals['_ENCODER']._serialized_end=1241
+  _globals['_EMBEDTEXTREQUEST']._serialized_end=123
+  _globals['_EMBEDIMAGESREQUEST']._serialized_start=125
+  _globals['_EMBEDIMAGESREQUEST']._serialized_end=234
+  _globals['_EMBEDSKETCHESREQUEST']._serialized_start=236
+  _globals['_EMBEDSKETCHESREQUEST']._serialized_end=291
+  _globals['_EMBEDRESPONSE']._serialized_start=293
+  _globals['_EMBEDRESPONSE']._serialized_end=405
+  _globals['_IMAGEITEM']._serialized_start=407
+  _globals['_IMAGEITEM']._serialized_end=444
+  _globals['_IMAGEBATCH']._serialized_start=446
+  _globals['_IMAGEBATCH']._serialized_end=514
+  _globals['_IMAGERESULT']._serialized_start=516
+  _globals['_IMAGERESULT']._serialized_end=601
+  _globals['_IMAGEBATCHRESULT']._serialized_start=603
+  _globals['_IMAGEBATCHRESULT']._serialized_end=693
+  _globals['_GETMODELINFOREQUEST']._serialized_start=695
+  _globals['_GETMODELINFOREQUEST']._serialized_end=731
+  _globals['_LISTMODELSREQUEST']._serialized_start=733
+  _globals['_LISTMODELSREQUEST']._serialized_end=752
+  _globals['_LISTMODELSRESPONSE']._serialized_start=754
+  _globals['_LISTMODELSRESPONSE']._serialized_end=816
+  _globals['_MODELINFO']._serialized_start=819
+  _globals['_MODELINFO']._serialized_end=1082
+  _globals['_ENCODER']._serialized_start=1166
+  _globals['_ENCODER']._serialized_end=1661
 # @@protoc_insertion_point(module_scope)

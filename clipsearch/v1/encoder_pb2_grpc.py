@@ -27,8 +27,11 @@ if _version_not_supported:
 
 class EncoderStub:
     """Encoder turns text, images and sketches into L2-normalised embeddings with
-    one CLIP checkpoint. Every embedding of one server lives in the same space,
-    so a text vector can be compared with an image vector by a dot product.
+    CLIP checkpoints. One server may serve several models (one per collection);
+    every call names its model by name or fingerprint, or names none when the
+    server has only one. The embeddings of one model live in one space, so a
+    text vector can be compared with an image vector of the same model by a dot
+    product; vectors of two models cannot be compared.
     """
 
     def __init__(self, channel):
@@ -62,12 +65,20 @@ class EncoderStub:
                 request_serializer=clipsearch_dot_v1_dot_encoder__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_encoder__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/clipsearch.v1.Encoder/ListModels',
+                request_serializer=clipsearch_dot_v1_dot_encoder__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_encoder__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
     """Encoder turns text, images and sketches into L2-normalised embeddings with
-    one CLIP checkpoint. Every embedding of one server lives in the same space,
-    so a text vector can be compared with an image vector by a dot product.
+    CLIP checkpoints. One server may serve several models (one per collection);
+    every call names its model by name or fingerprint, or names none when the
+    server has only one. The embeddings of one model live in one space, so a
+    text vector can be compared with an image vector of the same model by a dot
+    product; vectors of two models cannot be compared.
     """
 
     def EmbedText(self, request, context):
@@ -103,7 +114,14 @@ class EncoderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """What the server runs; the fingerprint identifies the weights exactly.
+        """One model the server runs; the fingerprint identifies the weights exactly.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every model the server runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +155,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     request_deserializer=clipsearch_dot_v1_dot_encoder__pb2.GetModelInfoRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_encoder__pb2.ModelInfo.SerializeToString,
             ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=clipsearch_dot_v1_dot_encoder__pb2.ListModelsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_encoder__pb2.ListModelsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clipsearch.v1.Encoder', rpc_method_handlers)
@@ -147,8 +170,11 @@ def add_EncoderServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Encoder:
     """Encoder turns text, images and sketches into L2-normalised embeddings with
-    one CLIP checkpoint. Every embedding of one server lives in the same space,
-    so a text vector can be compared with an image vector by a dot product.
+    CLIP checkpoints. One server may serve several models (one per collection);
+    every call names its model by name or fingerprint, or names none when the
+    server has only one. The embeddings of one model live in one space, so a
+    text vector can be compared with an image vector of the same model by a dot
+    product; vectors of two models cannot be compared.
     """
 
     @staticmethod
@@ -276,6 +302,33 @@ class Encoder:
             '/clipsearch.v1.Encoder/GetModelInfo',
             clipsearch_dot_v1_dot_encoder__pb2.GetModelInfoRequest.SerializeToString,
             clipsearch_dot_v1_dot_encoder__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.Encoder/ListModels',
+            clipsearch_dot_v1_dot_encoder__pb2.ListModelsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_encoder__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

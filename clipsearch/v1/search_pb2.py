@@ -25,35 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lipsearch/v1/search.proto\x12\rclipsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\"y\n\x0cQueryOptions\x12\t\n\x01k\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\'\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x06target\x18\x04 \x01(\x0e\x32\x15.clipsearch.v1.Target\"H\n\tTextQuery\x12\r\n\x05query\x18\x01 \x01(\t\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\"I\n\nImageQuery\x12\r\n\x05image\x18\x01 \x01(\x0c\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\"Y\n\tQueryPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sketch\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x42\t\n\x07\x63ontent\"c\n\nMixedQuery\x12\'\n\x05parts\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.QueryPart\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\"]\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\timage_url\x18\x04 \x01(\t\"f\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.clipsearch.v1.Hit\x12\x0f\n\x07took_ms\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\"w\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06sketch\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x11\n\ttemplates\x18\x04 \x03(\t\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x42\t\n\x07\x63ontent\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"]\n\x10\x43lassifyResponse\x12)\n\x06scores\x18\x01 \x03(\x0b\x32\x19.clipsearch.v1.LabelScore\x12\x0f\n\x07took_ms\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t*H\n\x06Target\x12\x16\n\x12TARGET_UNSPECIFIED\x10\x00\x12\x11\n\rTARGET_IMAGES\x10\x01\x12\x13\n\x0fTARGET_CAPTIONS\x10\x02\x32\xf8\x02\n\x06Search\x12\x45\n\nSearchText\x12\x18.clipsearch.v1.TextQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12G\n\x0bSearchImage\x12\x19.clipsearch.v1.ImageQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12H\n\x0cSearchSketch\x12\x19.clipsearch.v1.ImageQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12G\n\x0bSearchMixed\x12\x19.clipsearch.v1.MixedQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12K\n\x08\x43lassify\x12\x1e.clipsearch.v1.ClassifyRequest\x1a\x1f.clipsearch.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lipsearch/v1/search.proto\x12\rclipsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8d\x01\n\x0cQueryOptions\x12\t\n\x01k\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\'\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x06target\x18\x04 \x01(\x0e\x32\x15.clipsearch.v1.Target\x12\x12\n\ncollection\x18\x05 \x01(\t\"H\n\tTextQuery\x12\r\n\x05query\x18\x01 \x01(\t\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\"~\n\nImageQuery\x12\r\n\x05image\x18\x01 \x01(\x0c\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\x12\x33\n\rnormalization\x18\x03 \x01(\x0e\x32\x1c.clipsearch.v1.Normalization\"Y\n\tQueryPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sketch\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x42\t\n\x07\x63ontent\"c\n\nMixedQuery\x12\'\n\x05parts\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.QueryPart\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.clipsearch.v1.QueryOptions\"]\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\timage_url\x18\x04 \x01(\t\"}\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.clipsearch.v1.Hit\x12\x0f\n\x07took_ms\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x15\n\rnormalization\x18\x05 \x01(\t\"\x8b\x01\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06sketch\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x11\n\ttemplates\x18\x04 \x03(\t\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\ncollection\x18\x06 \x01(\tB\t\n\x07\x63ontent\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"]\n\x10\x43lassifyResponse\x12)\n\x06scores\x18\x01 \x03(\x0b\x32\x19.clipsearch.v1.LabelScore\x12\x0f\n\x07took_ms\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t\"\x18\n\x16ListCollectionsRequest\"\x1d\n\x0b\x46ieldValues\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xba\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06points\x18\x04 \x01(\x04\x12\x0f\n\x07vectors\x18\x05 \x03(\t\x12\x46\n\rfilter_fields\x18\x06 \x03(\x0b\x32/.clipsearch.v1.CollectionInfo.FilterFieldsEntry\x12\x1c\n\x14sketch_normalization\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0f\n\x07problem\x18\t \x01(\t\x1aO\n\x11\x46ilterFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.clipsearch.v1.FieldValues:\x02\x38\x01\"i\n\x17ListCollectionsResponse\x12\x32\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1d.clipsearch.v1.CollectionInfo\x12\x1a\n\x12\x64\x65\x66\x61ult_collection\x18\x02 \x01(\t*H\n\x06Target\x12\x16\n\x12TARGET_UNSPECIFIED\x10\x00\x12\x11\n\rTARGET_IMAGES\x10\x01\x12\x13\n\x0fTARGET_CAPTIONS\x10\x02*>\n\rNormalization\x12\x16\n\x12NORMALIZATION_AUTO\x10\x00\x12\x15\n\x11NORMALIZATION_OFF\x10\x01\x32\xda\x03\n\x06Search\x12\x45\n\nSearchText\x12\x18.clipsearch.v1.TextQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12G\n\x0bSearchImage\x12\x19.clipsearch.v1.ImageQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12H\n\x0cSearchSketch\x12\x19.clipsearch.v1.ImageQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12G\n\x0bSearchMixed\x12\x19.clipsearch.v1.MixedQuery\x1a\x1d.clipsearch.v1.SearchResponse\x12K\n\x08\x43lassify\x12\x1e.clipsearch.v1.ClassifyRequest\x1a\x1f.clipsearch.v1.ClassifyResponse\x12`\n\x0fListCollections\x12%.clipsearch.v1.ListCollectionsRequest\x1a&.clipsearch.v1.ListCollectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipsearch.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TARGET']._serialized_start=1004
-  _globals['_TARGET']._serialized_end=1076
-  _globals['_QUERYOPTIONS']._serialized_start=75
-  _globals['_QUERYOPTIONS']._serialized_end=196
-  _globals['_TEXTQUERY']._serialized_start=198
-  _globals['_TEXTQUERY']._serialized_end=270
-  _globals['_IMAGEQUERY']._serialized_start=272
-  _globals['_IMAGEQUERY']._serialized_end=345
-  _globals['_QUERYPART']._serialized_start=347
-  _globals['_QUERYPART']._serialized_end=436
-  _globals['_MIXEDQUERY']._serialized_start=438
-  _globals['_MIXEDQUERY']._serialized_end=537
-  _globals['_HIT']._serialized_start=539
-  _globals['_HIT']._serialized_end=632
-  _globals['_SEARCHRESPONSE']._serialized_start=634
-  _globals['_SEARCHRESPONSE']._serialized_end=736
-  _globals['_CLASSIFYREQUEST']._serialized_start=738
-  _globals['_CLASSIFYREQUEST']._serialized_end=857
-  _globals['_LABELSCORE']._serialized_start=859
-  _globals['_LABELSCORE']._serialized_end=907
-  _globals['_CLASSIFYRESPONSE']._serialized_start=909
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1002
-  _globals['_SEARCH']._serialized_start=1079
-  _globals['_SEARCH']._serialized_end=1455
+  _globals['_COLLECTIONINFO_FILTERFIELDSENTRY']._loaded_options = None
+  _globals['_COLLECTIONINFO_FILTERFIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_TARGET']._serialized_start=1603
+  _globals['_TARGET']._serialized_end=1675
+  _globals['_NORMALIZATION']._serialized_start=1677
+  _globals['_NORMALIZATION']._serialized_end=1739
+  _globals['_QUERYOPTIONS']._serialized_start=76
+  _globals['_QUERYOPTIONS']._serialized_end=217
+  _globals['_TEXTQUERY']._serialized_start=219
+  _globals['_TEXTQUERY']._serialized_end=291
+  _globals['_IMAGEQUERY']._serialized_start=293
+  _globals['_IMAGEQUERY']._serialized_end=419
+  _globals['_QUERYPART']._serialized_start=421
+  _globals['_QUERYPART']._serialized_end=510
+  _globals['_MIXEDQUERY']._serialized_start=512
+  _globals['_MIXEDQUERY']._serialized_end=611
+  _globals['_HIT']._serialized_start=613
+  _globals['_HIT']._serialized_end=706
+  _globals['_SEARCHRESPONSE']._serialized_start=708
+  _globals['_SEARCHRESPONSE']._serialized_end=833
+  _globals['_CLASSIFYREQUEST']._serialized_start=836
+  _globals['_CLASSIFYREQUEST']._serialized_end=975
+  _globals['_LABELSCORE']._serialized_start=977
+  _globals['_LABELSCORE']._serialized_end=1025
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1027
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1120
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1122
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1146
+  _globals['_FIELDVALUES']._serialized_start=1148
+  _globals['_FIELDVALUES']._serialized_end=1177
+  _globals['_COLLECTIONINFO']._serialized_start=1180
+  _globals['_COLLECTIONINFO']._serialized_end=1494
+  _globals['_COLLECTIONINFO_FILTERFIELDSENTRY']._serialized_start=1415
+  _globals['_COLLECTIONINFO_FILTERFIELDSENTRY']._serialized_end=1494
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1496
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1601
+  _globals['_SEARCH']._serialized_start=1742
+  _globals['_SEARCH']._serialized_end=2216
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class SearchStub:
-    """Search answers text, image and sketch queries with the cosine top-k of the
-    indexed collection. It is the gRPC twin of the gateway's HTTP API.
+    """Search answers text, image and sketch queries with the cosine top-k of an
+    indexed collection, each collection searched with the model that built it.
+    It is the gRPC twin of the gateway's HTTP API.
     """
 
     def __init__(self, channel):
@@ -61,11 +62,17 @@ class SearchStub:
                 request_serializer=clipsearch_dot_v1_dot_search__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_search__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/clipsearch.v1.Search/ListCollections',
+                request_serializer=clipsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
-    """Search answers text, image and sketch queries with the cosine top-k of the
-    indexed collection. It is the gRPC twin of the gateway's HTTP API.
+    """Search answers text, image and sketch queries with the cosine top-k of an
+    indexed collection, each collection searched with the model that built it.
+    It is the gRPC twin of the gateway's HTTP API.
     """
 
     def SearchText(self, request, context):
@@ -101,6 +108,13 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCollections(self, request, context):
+        """The collections this gateway searches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_SearchServicer_to_server(servicer, server):
                     request_deserializer=clipsearch_dot_v1_dot_search__pb2.ClassifyRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_search__pb2.ClassifyResponse.SerializeToString,
             ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=clipsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clipsearch.v1.Search', rpc_method_handlers)
@@ -138,8 +157,9 @@ def add_SearchServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Search:
-    """Search answers text, image and sketch queries with the cosine top-k of the
-    indexed collection. It is the gRPC twin of the gateway's HTTP API.
+    """Search answers text, image and sketch queries with the cosine top-k of an
+    indexed collection, each collection searched with the model that built it.
+    It is the gRPC twin of the gateway's HTTP API.
     """
 
     @staticmethod
@@ -267,6 +287,33 @@ class Search:
             '/clipsearch.v1.Search/Classify',
             clipsearch_dot_v1_dot_search__pb2.ClassifyRequest.SerializeToString,
             clipsearch_dot_v1_dot_search__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.Search/ListCollections',
+            clipsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,41 +1,30 @@
-"""`python -m services.encoder`: run the encoder gRPC server with settings from ENCODER_* variables."""
+"""`python -m services.encoder`: the encoder gRPC server, set up by ENCODER_* variables or flags (`--help`)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
+from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from clipsearch.affinity import pin_process
-from clipsearch.checkpoint import CheckpointError
-from services.encoder.server import serve
+from clipsearch.bootstrap import UserError, run_service
 from services.encoder.settings import EncoderSettings
 
-log = logging.getLogger("services.encoder")
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m services.encoder") -> int:
+    return run_service("encoder", EncoderSettings, serve, argv=argv, prog=prog)
 
 
-def main() -> int:
+def serve(settings: EncoderSettings) -> None:
+    # Imported once the settings are good: --help and a settings mistake answer without loading torch.
+    from clipsearch.checkpoint import CheckpointError
+    from services.encoder.server import serve as serve_grpc
+
     try:
-        settings = EncoderSettings()
-    except ValidationError as exc:
-        print(f"encoder: invalid ENCODER_* settings:\n{exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if settings.cpus:  # checked with the settings: a list this machine cannot give is refused there
-        log.info("running on CPUs %s", sorted(pin_process(settings.cpus)))
-    try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve_grpc(settings))
     except CheckpointError as exc:
-        log.error("cannot load the model: %s", exc)
-        return 1
+        raise UserError(f"cannot load the models (none served): {exc}") from None
     except OSError as exc:  # the port is taken, or similar
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
+        raise UserError(f"cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

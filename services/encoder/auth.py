@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
+from clipsearch.grpc_request_id import OPEN_PREFIXES, Handler, ServerInterceptor, handler_like
+
 API_KEY_HEADER = "x-api-key"
-# Probes and grpcurl discovery stay open: they reveal nothing the protos do not.
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    _Interceptor = grpc.aio.ServerInterceptor
 
 
-class ApiKeyInterceptor(_Interceptor):
+class ApiKeyInterceptor(ServerInterceptor):
     def __init__(self, api_key: str) -> None:
         self._key = api_key.encode()
 
@@ -50,14 +43,4 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> 
 
 def _refusing(handler: Handler) -> Handler:
     """A handler of the same shape as `handler` that only refuses the call."""
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(_refuse, **serializers)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(_refuse, **serializers)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_refuse, **serializers)
-    return grpc.unary_unary_rpc_method_handler(_refuse, **serializers)
+    return handler_like(handler, _refuse)

@@ -31,16 +31,16 @@ class EncoderMetrics:
         )
         self.batch_size = Histogram(
             "batch_size",
-            "Items per model forward pass, by kind (text or image).",
-            ["kind"],
+            "Items per model forward pass, by model and kind (text or image).",
+            ["model", "kind"],
             namespace=NAMESPACE,
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
         self.items = Counter(
             "items",
-            "Items embedded, by kind (text, image, sketch).",
-            ["kind"],
+            "Items embedded, by model and kind (text, image, sketch).",
+            ["model", "kind"],
             namespace=NAMESPACE,
             registry=self.registry,
         )

@@ -1,26 +1,37 @@
-"""The loaded model and the machinery around it: preprocessing pool, inference thread, batchers.
+"""The loaded models and the machinery around them: preprocessing pool, inference thread, batchers.
 
 Everything CPU-heavy runs off the event loop: decoding and preprocessing on a
 small thread pool, tokenizer and model on one dedicated inference thread (one
-thread also keeps the fast tokenizer from being used concurrently).
+thread also keeps the fast tokenizer from being used concurrently). Several
+models in one process share both: their forward passes take turns on the one
+inference thread rather than fight over the same cores, and each model keeps
+its own batchers, so a batch never mixes models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from clipsearch.batching import BatchFn, Item, MicroBatcher, on_executor
-from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
+from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder, TextInputError
-from clipsearch.preprocess import ImageInputError, decode_image, decode_sketch, pixel_values
+from clipsearch.preprocess import (
+    ImageInputError,
+    SketchNormalization,
+    decode_image,
+    decode_sketch,
+    pixel_values,
+    to_model_domain,
+)
 from services.encoder.metrics import EncoderMetrics
-from services.encoder.settings import EncoderSettings
+from services.encoder.settings import FINGERPRINT, EncoderSettings, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +40,36 @@ class InputError(ValueError):
     """The caller's input cannot be embedded; the message names the item."""
 
 
+class ModelNotFound(LookupError):
+    """The call names a model this server does not serve; the message lists the served ones."""
+
+
+class ModelNotReady(RuntimeError):
+    """The named model is still loading."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded, preprocessed item: the model input and the normalisation applied to it."""
+
+    pixels: torch.Tensor  # (1, 3, H, W)
+    normalization: SketchNormalization
+
+
 class EncoderRuntime:
+    """One served model: checkpoint, embedder and its batchers, on the threads the registry shares."""
+
     def __init__(
-        self, checkpoint: LoadedCheckpoint, settings: EncoderSettings, metrics: EncoderMetrics
+        self,
+        name: str,
+        checkpoint: LoadedCheckpoint,
+        settings: EncoderSettings,
+        metrics: EncoderMetrics,
+        *,
+        inference: Executor,
+        preprocess: Executor,
     ) -> None:
+        self.name = name
         self.checkpoint = checkpoint
         self.settings = settings
         self.embedder = Embedder.from_checkpoint(
@@ -44,19 +81,15 @@ class EncoderRuntime:
         )
         if checkpoint.device.type == "cpu":
             log.info(
-                "CPU mode %s (ENCODER_CPU_MODE=%s), text runtime %s (ENCODER_TEXT_RUNTIME=%s)",
+                "model %s: CPU mode %s (ENCODER_CPU_MODE=%s), text runtime %s (ENCODER_TEXT_RUNTIME=%s)",
+                name,
                 self.embedder.cpu_mode.value,
                 settings.cpu_mode,
                 self.embedder.text_runtime.value,
                 settings.text_runtime,
             )
-        # Thread settings of torch's OpenMP pool are per calling thread: apply them on the inference thread.
-        self._inference = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="encoder-inference", initializer=self._init_inference_thread
-        )
-        self._preprocess = ThreadPoolExecutor(
-            max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
-        )
+        self._inference = inference
+        self._preprocess = preprocess
         self.texts: MicroBatcher[str] = self._batcher(self.embedder.embed_texts, metrics, "text")
         self.images: MicroBatcher[torch.Tensor] = self._batcher(self._embed_pixel_rows, metrics, "image")
 
@@ -66,18 +99,33 @@ class EncoderRuntime:
             max_batch_size=self.settings.max_batch_size,
             max_wait_ms=self.settings.max_wait_ms,
             enabled=self.settings.batching,
-            on_batch=metrics.batch_size.labels(kind=kind).observe,
+            on_batch=metrics.batch_size.labels(model=self.name, kind=kind).observe,
         )
 
     @classmethod
-    def load(cls, settings: EncoderSettings, metrics: EncoderMetrics) -> EncoderRuntime:
-        """Blocking: load the checkpoint (CheckpointError names what is wrong)."""
-        checkpoint = load_checkpoint(settings.checkpoint, device=settings.device, dtype=settings.dtype)
-        return cls(checkpoint, settings, metrics)
+    def load(
+        cls,
+        source: ModelSource,
+        settings: EncoderSettings,
+        metrics: EncoderMetrics,
+        *,
+        inference: Executor,
+        preprocess: Executor,
+    ) -> EncoderRuntime:
+        """Blocking: load the checkpoint (CheckpointError names the model and what is wrong)."""
+        try:
+            checkpoint = load_checkpoint(source.checkpoint, device=settings.device, dtype=settings.dtype)
+        except CheckpointError as exc:
+            raise CheckpointError(f"model {source.name!r}: {exc}") from None
+        return cls(source.name, checkpoint, settings, metrics, inference=inference, preprocess=preprocess)
 
-    def _init_inference_thread(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+    @property
+    def fingerprint(self) -> str:
+        return self.checkpoint.fingerprint
+
+    @property
+    def sketch_normalization(self) -> SketchNormalization:
+        return self.checkpoint.meta.sketch_normalization
 
     def start(self) -> None:
         self.texts.start()
@@ -86,8 +134,6 @@ class EncoderRuntime:
     async def close(self) -> None:
         await self.texts.close()
         await self.images.close()
-        self._inference.shutdown(wait=True, cancel_futures=True)
-        self._preprocess.shutdown(wait=True, cancel_futures=True)
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         # Checked here, on the event loop (tokenizing a request's texts takes microseconds): a check
@@ -98,11 +144,17 @@ class EncoderRuntime:
             raise InputError(str(exc)) from None
         return await self.texts.submit(list(texts))
 
-    async def prepare(self, datas: Sequence[bytes], *, sketch: bool) -> list[torch.Tensor | InputError]:
-        """Decode and preprocess each item on the pool: a (1, 3, H, W) tensor or the item's error."""
+    async def prepare(
+        self, datas: Sequence[bytes], *, sketch: bool, auto_domain: bool = False
+    ) -> list[Prepared | InputError]:
+        """Decode and preprocess each item on the pool: its model input or the item's error.
+
+        `auto_domain` (images only): a picture that does not look like the model's own images gets
+        the checkpoint's sketch normalisation (clipsearch.preprocess.to_model_domain).
+        """
         loop = asyncio.get_running_loop()
         jobs = [
-            loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch)
+            loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch, auto_domain)
             for position, data in enumerate(datas)
         ]
         return list(await asyncio.gather(*jobs))
@@ -110,7 +162,9 @@ class EncoderRuntime:
     async def embed_pixels(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
         return await self.images.submit(list(rows))
 
-    def _prepare_one(self, position: int, data: bytes, sketch: bool) -> torch.Tensor | InputError:
+    def _prepare_one(
+        self, position: int, data: bytes, sketch: bool, auto_domain: bool
+    ) -> Prepared | InputError:
         kind = "sketch" if sketch else "image"
         if not data:
             return InputError(f"{kind} {position} is empty (0 bytes)")
@@ -118,16 +172,121 @@ class EncoderRuntime:
             return InputError(
                 f"{kind} {position} is {len(data):,} bytes; the limit is {self.settings.max_image_bytes:,}"
             )
+        mode = self.sketch_normalization
         try:
             if sketch:
-                image = decode_sketch(
-                    data, self.checkpoint.meta.sketch_normalization, max_pixels=self.settings.max_pixels
-                )
+                image, applied = decode_sketch(data, mode, max_pixels=self.settings.max_pixels), mode
             else:
-                image = decode_image(data, max_pixels=self.settings.max_pixels)
+                image, applied = (
+                    decode_image(data, max_pixels=self.settings.max_pixels),
+                    SketchNormalization.NONE,
+                )
+                if auto_domain:
+                    image, applied = to_model_domain(image, mode)
         except ImageInputError as exc:
             return InputError(f"{kind} {position}: {exc}")
-        return pixel_values([image], self.embedder.image_processor)
+        return Prepared(pixel_values([image], self.embedder.image_processor), applied)
 
     def _embed_pixel_rows(self, rows: list[torch.Tensor]) -> np.ndarray:
         return self.embedder.embed_pixel_values(torch.cat(rows))
+
+
+class ModelRegistry:
+    """The models one encoder serves, found by name or fingerprint, and the threads they share."""
+
+    def __init__(self, settings: EncoderSettings, metrics: EncoderMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.sources = settings.model_sources()
+        self._loaded: dict[str, EncoderRuntime] = {}  # by name, in load order
+        # Thread settings of torch's OpenMP pool are per calling thread: apply them on the inference thread.
+        self._inference = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="encoder-inference", initializer=self._init_inference_thread
+        )
+        self._preprocess = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
+        )
+
+    def _init_inference_thread(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+
+    @property
+    def names(self) -> list[str]:
+        return [source.name for source in self.sources]
+
+    @property
+    def loaded(self) -> list[EncoderRuntime]:
+        return list(self._loaded.values())
+
+    @property
+    def complete(self) -> bool:
+        return len(self._loaded) == len(self.sources)
+
+    async def load_all(self, on_loaded: Callable[[EncoderRuntime], Awaitable[None]]) -> None:
+        """Load every model in turn, off the event loop; each serves as soon as it is loaded.
+
+        A model that fails to load fails the whole start (CheckpointError naming it): the set of
+        models is the deployment's contract, and a server that never becomes ready keeps a rolling
+        update on the old servers instead of answering some collections with errors.
+        """
+        for source in self.sources:
+            runtime = await asyncio.to_thread(
+                EncoderRuntime.load,
+                source,
+                self.settings,
+                self.metrics,
+                inference=self._inference,
+                preprocess=self._preprocess,
+            )
+            twin = next((other for other in self.loaded if other.fingerprint == runtime.fingerprint), None)
+            if twin is not None:
+                raise CheckpointError(
+                    f"models {twin.name!r} and {source.name!r} are the same weights "
+                    f"(fingerprint {runtime.fingerprint[:12]}); serve them once, under one name"
+                )
+            runtime.start()
+            self._loaded[source.name] = runtime
+            await on_loaded(runtime)
+
+    def resolve(self, model: str) -> EncoderRuntime:
+        """The runtime a call's `model` field names (a name or a fingerprint; empty: the only model).
+
+        InputError when several models are served and none is named, ModelNotFound for a model this
+        server does not serve, ModelNotReady while the named model (or, unnamed, the only one) loads.
+        """
+        if not model:
+            if len(self.sources) > 1:
+                raise InputError(
+                    f"this encoder serves {len(self.sources)} models ({', '.join(self.names)}): "
+                    "name one in the request's `model` field"
+                )
+            return self._loaded_or_not_ready(self.sources[0].name)
+        if model in self.names:
+            return self._loaded_or_not_ready(model)
+        for runtime in self._loaded.values():
+            if runtime.fingerprint == model:
+                return runtime
+        if not self.complete and FINGERPRINT.fullmatch(model):
+            raise ModelNotReady(f"model {model[:12]} may be one still loading; retry shortly")
+        raise ModelNotFound(f"this encoder does not serve model {model[:80]!r}; it serves {self.describe()}")
+
+    def describe(self) -> str:
+        """The served models for messages: name (fingerprint prefix), ..."""
+        return ", ".join(
+            f"{name} ({self._loaded[name].fingerprint[:12]})" if name in self._loaded else f"{name} (loading)"
+            for name in self.names
+        )
+
+    def _loaded_or_not_ready(self, name: str) -> EncoderRuntime:
+        runtime = self._loaded.get(name)
+        if runtime is None:
+            raise ModelNotReady(f"model {name!r} is still loading; retry shortly")
+        return runtime
+
+    async def close(self) -> None:
+        runtimes, self._loaded = list(self._loaded.values()), {}
+        for runtime in runtimes:
+            await runtime.close()
+        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._preprocess.shutdown(wait=True, cancel_futures=True)

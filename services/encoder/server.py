@@ -1,5 +1,12 @@
 """The encoder gRPC server: Encoder service, health, reflection, optional API key, metrics side port.
 
+Health (grpc.health.v1) answers for these service names:
+- "" (the whole server) and "clipsearch.v1.Encoder": SERVING once every model is loaded;
+- "clipsearch.v1.Encoder/NAME" and "clipsearch.v1.Encoder/FINGERPRINT" for each model
+  (clipsearch.encoder_client.model_health_service): SERVING once that model is loaded, so a
+  caller of one model need not wait for the others. A fingerprint is known once its model is loaded.
+All turn NOT_SERVING when the server stops.
+
 `serve` runs it until SIGTERM/SIGINT (the `python -m services.encoder` entry
 point); `serve_in_thread` runs it on its own event loop in a background thread
 (tests, benchmarks, and other services' tests through the `encoder_target` fixture).
@@ -18,10 +25,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from clipsearch.encoder_client import model_health_service
+from clipsearch.grpc_request_id import RequestIdInterceptor, ServerInterceptor
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.auth import ApiKeyInterceptor
 from services.encoder.metrics import EncoderMetrics, MetricsServer
-from services.encoder.runtime import EncoderRuntime
+from services.encoder.runtime import EncoderRuntime, ModelRegistry
 from services.encoder.servicer import EncoderServicer
 from services.encoder.settings import EncoderSettings
 
@@ -36,7 +45,7 @@ THREAD_START_TIMEOUT_S = 300.0
 
 
 class EncoderServer:
-    """One server instance. Create, `start()` and `load_model()` it on the event loop that will run it."""
+    """One server instance. Create, `start()` and `load_models()` it on the event loop that will run it."""
 
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings
@@ -49,11 +58,14 @@ class EncoderServer:
         self._metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
-        """Bind and accept calls, health NOT_SERVING until `load_model()` is done."""
+        """Bind and accept calls, health NOT_SERVING until `load_models()` is done."""
         settings = self.settings
-        for name in HEALTH_NAMES:
+        for name in (*HEALTH_NAMES, *(model_health_service(s.name) for s in settings.model_sources())):
             await self.health.set(name, NOT_SERVING)
-        interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        # The request id first: refused calls are logged with theirs too.
+        interceptors: list[ServerInterceptor] = [RequestIdInterceptor(issue=False)]
+        if settings.api_key:
+            interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -80,17 +92,28 @@ class EncoderServer:
             self.metrics_port = self._metrics_server.port
         log.info("encoder listening on %s:%d (metrics port %s)", settings.host, self.port, self.metrics_port)
 
-    async def load_model(self) -> None:
-        """Load the checkpoint off the event loop, then report SERVING."""
-        runtime = await asyncio.to_thread(EncoderRuntime.load, self.settings, self.metrics)
-        runtime.start()
-        self.servicer.runtime = runtime
+    async def load_models(self) -> None:
+        """Load the checkpoints off the event loop, each SERVING once loaded, the whole server at the end.
+
+        CheckpointError (naming the model) when one cannot be loaded: the server does not serve.
+        """
+        if self.settings.models is not None and "checkpoint" in self.settings.model_fields_set:
+            log.info("serving ENCODER_MODELS; ENCODER_CHECKPOINT=%s is not used", self.settings.checkpoint)
+        registry = ModelRegistry(self.settings, self.metrics)
+        self.servicer.models = registry
+        await registry.load_all(self._model_loaded)
         for name in HEALTH_NAMES:
             await self.health.set(name, SERVING)
+        log.info("encoder serving %s", registry.describe())
+
+    async def _model_loaded(self, runtime: EncoderRuntime) -> None:
+        for name in (runtime.name, runtime.fingerprint):
+            await self.health.set(model_health_service(name), SERVING)
         log.info(
-            "encoder serving %s (fingerprint %s)",
-            runtime.checkpoint.name,
-            runtime.checkpoint.fingerprint[:12],
+            "model %s loaded from %s (fingerprint %s)",
+            runtime.name,
+            runtime.checkpoint.path,
+            runtime.fingerprint[:12],
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -100,9 +123,9 @@ class EncoderServer:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-        runtime, self.servicer.runtime = self.servicer.runtime, None
-        if runtime is not None:
-            await runtime.close()
+        registry, self.servicer.models = self.servicer.models, None
+        if registry is not None:
+            await registry.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None
@@ -117,7 +140,7 @@ async def serve(settings: EncoderSettings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     try:
         await server.start()
-        loading = asyncio.create_task(server.load_model())
+        loading = asyncio.create_task(server.load_models())
         signalled = asyncio.create_task(stopping.wait())
         await asyncio.wait({loading, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
@@ -140,7 +163,7 @@ def serve_in_thread(settings: EncoderSettings) -> Iterator[EncoderServer]:
         server = EncoderServer(settings)
         try:
             await server.start()
-            await server.load_model()
+            await server.load_models()
         except BaseException:
             await server.stop(0)
             raise

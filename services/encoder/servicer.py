@@ -1,7 +1,14 @@
 """The clipsearch.v1.Encoder gRPC methods: validation, status codes, metrics, messages.
 
-Caller mistakes become INVALID_ARGUMENT with a message naming the item;
-calls before the model is loaded get UNAVAILABLE; only our own faults are INTERNAL.
+Caller mistakes become INVALID_ARGUMENT with a message naming the item (an
+unnamed call to a server of several models is one); a model the server does not
+serve is NOT_FOUND, listing the served ones; calls before the model is loaded get
+UNAVAILABLE; only our own faults are INTERNAL.
+
+NOT_FOUND rather than INVALID_ARGUMENT for an unknown model: the request is well
+formed and the caller's query may be fine; what is missing is the model on this
+server (a deployment matter: another encoder may serve it). Callers can tell it
+from a bad input: the gateway answers 503 for that collection, not 400 for the query.
 """
 
 from __future__ import annotations
@@ -9,17 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
-import torch
 
 from clipsearch.acceleration import CpuMode
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.metrics import EncoderMetrics
-from services.encoder.runtime import EncoderRuntime, InputError
+from services.encoder.runtime import (
+    EncoderRuntime,
+    InputError,
+    ModelNotFound,
+    ModelNotReady,
+    ModelRegistry,
+    Prepared,
+)
 from services.encoder.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -31,15 +44,11 @@ if TYPE_CHECKING:  # generic in the stubs only
 STREAM_BATCHES_IN_FLIGHT = 4
 
 
-class ModelNotReady(RuntimeError):
-    pass
-
-
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     def __init__(self, settings: EncoderSettings, metrics: EncoderMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.runtime: EncoderRuntime | None = None  # set once the model is loaded
+        self.models: ModelRegistry | None = None  # set when the models start loading
 
     async def EmbedText(
         self, request: encoder_pb2.EmbedTextRequest, context: Context
@@ -48,18 +57,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             texts = list(request.texts)
             self._check_count(len(texts), "texts")
             rows = await runtime.embed_texts(texts)
-            self.metrics.items.labels(kind="text").inc(len(texts))
+            self.metrics.items.labels(model=runtime.name, kind="text").inc(len(texts))
             return self._response(runtime, rows)
 
-        return await self._unary("EmbedText", context, work)
+        return await self._unary("EmbedText", context, request.model, work)
 
     async def EmbedImages(
         self, request: encoder_pb2.EmbedImagesRequest, context: Context
     ) -> encoder_pb2.EmbedResponse:
+        auto = request.normalization == encoder_pb2.IMAGE_NORMALIZATION_AUTO
         return await self._unary(
             "EmbedImages",
             context,
-            lambda runtime: self._embed_all(runtime, list(request.images), sketch=False),
+            request.model,
+            lambda runtime: self._embed_all(runtime, list(request.images), sketch=False, auto_domain=auto),
         )
 
     async def EmbedSketches(
@@ -68,6 +79,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return await self._unary(
             "EmbedSketches",
             context,
+            request.model,
             lambda runtime: self._embed_all(runtime, list(request.sketches), sketch=True),
         )
 
@@ -75,34 +87,53 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self, request: encoder_pb2.GetModelInfoRequest, context: Context
     ) -> encoder_pb2.ModelInfo:
         async def work(runtime: EncoderRuntime) -> encoder_pb2.ModelInfo:
-            checkpoint = runtime.checkpoint
-            return encoder_pb2.ModelInfo(
-                model_name=checkpoint.name,
-                fingerprint=checkpoint.fingerprint,
-                embedding_dim=checkpoint.embedding_dim,
-                image_size=checkpoint.image_size,
-                dtype=serving_dtype(runtime),
-                device=str(checkpoint.device),
-                sketch_normalization=checkpoint.meta.sketch_normalization.value,
-                logit_scale=checkpoint.logit_scale,
-                max_text_tokens=checkpoint.max_text_tokens,
-                max_batch_items=self.settings.max_items_per_request,
-                architecture=checkpoint.architecture,
-            )
+            return self._model_info(runtime)
 
-        return await self._unary("GetModelInfo", context, work)
+        return await self._unary("GetModelInfo", context, request.model, work)
+
+    async def ListModels(
+        self, request: encoder_pb2.ListModelsRequest, context: Context
+    ) -> encoder_pb2.ListModelsResponse:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            # The loaded ones: a model still loading cannot be called yet (health says which).
+            return encoder_pb2.ListModelsResponse(
+                models=[self._model_info(runtime) for runtime in self._registry().loaded]
+            )
+        except Exception as exc:
+            code, details = self._status_of(exc, "ListModels")
+        finally:
+            self._observe("ListModels", code, started)
+        await context.abort(code, details)
+
+    def _model_info(self, runtime: EncoderRuntime) -> encoder_pb2.ModelInfo:
+        checkpoint = runtime.checkpoint
+        return encoder_pb2.ModelInfo(
+            model_name=checkpoint.name,
+            fingerprint=checkpoint.fingerprint,
+            embedding_dim=checkpoint.embedding_dim,
+            image_size=checkpoint.image_size,
+            dtype=serving_dtype(runtime),
+            device=str(checkpoint.device),
+            sketch_normalization=checkpoint.meta.sketch_normalization.value,
+            logit_scale=checkpoint.logit_scale,
+            max_text_tokens=checkpoint.max_text_tokens,
+            max_batch_items=self.settings.max_items_per_request,
+            architecture=checkpoint.architecture,
+            name=runtime.name,
+        )
 
     async def StreamEmbedImages(
         self, request_iterator: AsyncIterable[encoder_pb2.ImageBatch], context: Context
     ) -> AsyncIterator[encoder_pb2.ImageBatchResult]:
         started, code, details = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
-            runtime = self._ready()
+            registry = self._registry()
             # The reader starts work on each batch as it arrives; answers go out in order.
             in_flight: asyncio.Queue[asyncio.Task[encoder_pb2.ImageBatchResult] | None] = asyncio.Queue(
                 maxsize=STREAM_BATCHES_IN_FLIGHT
             )
-            reader = asyncio.create_task(self._read_stream(runtime, request_iterator, in_flight))
+            reader = asyncio.create_task(self._read_stream(registry, request_iterator, in_flight))
             try:
                 while (task := await in_flight.get()) is not None:
                     yield await task
@@ -124,16 +155,24 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     async def _read_stream(
         self,
-        runtime: EncoderRuntime,
+        registry: ModelRegistry,
         request_iterator: AsyncIterable[encoder_pb2.ImageBatch],
         in_flight: asyncio.Queue[asyncio.Task[encoder_pb2.ImageBatchResult] | None],
     ) -> None:
+        first: EncoderRuntime | None = None
         try:
             async for batch in request_iterator:
                 if len(batch.items) > self.settings.max_items_per_request:
                     raise InputError(
                         f"stream batch has {len(batch.items)} items; "
                         f"at most {self.settings.max_items_per_request} per batch"
+                    )
+                runtime = registry.resolve(batch.model)
+                if first is None:
+                    first = runtime
+                elif runtime is not first:  # one stream, one vector space
+                    raise InputError(
+                        f"stream batch names model {batch.model!r}; this stream embeds with {first.name!r}"
                     )
                 await in_flight.put(asyncio.create_task(self._embed_stream_batch(runtime, batch)))
         finally:
@@ -143,7 +182,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self, runtime: EncoderRuntime, batch: encoder_pb2.ImageBatch
     ) -> encoder_pb2.ImageBatchResult:
         prepared = await runtime.prepare([item.data for item in batch.items], sketch=False)
-        good = [(p, value) for p, value in enumerate(prepared) if isinstance(value, torch.Tensor)]
+        good = [(p, value.pixels) for p, value in enumerate(prepared) if isinstance(value, Prepared)]
         rows = await runtime.embed_pixels([value for _, value in good]) if good else np.zeros((0, 0))
         vectors = {position: row for (position, _), row in zip(good, rows, strict=True)}
         results = []
@@ -153,22 +192,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 results.append(encoder_pb2.ImageResult(id=item.id, embedding=embedding))
             else:
                 results.append(encoder_pb2.ImageResult(id=item.id, error=str(prepared[position])))
-        self.metrics.items.labels(kind="image").inc(len(good))
-        return encoder_pb2.ImageBatchResult(results=results, model_fingerprint=runtime.checkpoint.fingerprint)
+        self.metrics.items.labels(model=runtime.name, kind="image").inc(len(good))
+        return encoder_pb2.ImageBatchResult(results=results, model_fingerprint=runtime.fingerprint)
 
     async def _embed_all(
-        self, runtime: EncoderRuntime, datas: list[bytes], *, sketch: bool
+        self, runtime: EncoderRuntime, datas: list[bytes], *, sketch: bool, auto_domain: bool = False
     ) -> encoder_pb2.EmbedResponse:
         self._check_count(len(datas), "sketches" if sketch else "images")
-        prepared = await runtime.prepare(datas, sketch=sketch)
-        rows: list[torch.Tensor] = []
+        prepared = await runtime.prepare(datas, sketch=sketch, auto_domain=auto_domain)
+        items: list[Prepared] = []
         for value in prepared:
             if isinstance(value, InputError):
                 raise value  # the first bad item fails the call, as the contract says
-            rows.append(value)
-        vectors = await runtime.embed_pixels(rows)
-        self.metrics.items.labels(kind="sketch" if sketch else "image").inc(len(rows))
-        return self._response(runtime, vectors)
+            items.append(value)
+        vectors = await runtime.embed_pixels([item.pixels for item in items])
+        self.metrics.items.labels(model=runtime.name, kind="sketch" if sketch else "image").inc(len(items))
+        return self._response(runtime, vectors, [item.normalization.value for item in items])
 
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
@@ -178,24 +217,28 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 f"{count} {what} in one request; the limit is {self.settings.max_items_per_request}"
             )
 
-    def _ready(self) -> EncoderRuntime:
-        if self.runtime is None:
-            raise ModelNotReady("the model is still loading; retry shortly")
-        return self.runtime
+    def _registry(self) -> ModelRegistry:
+        if self.models is None:
+            raise ModelNotReady("the models are still loading; retry shortly")
+        return self.models
 
     @staticmethod
-    def _response(runtime: EncoderRuntime, rows: np.ndarray) -> encoder_pb2.EmbedResponse:
+    def _response(
+        runtime: EncoderRuntime, rows: np.ndarray, normalizations: Sequence[str] = ()
+    ) -> encoder_pb2.EmbedResponse:
         return encoder_pb2.EmbedResponse(
             embeddings=[encoder_pb2.Embedding(values=row.tolist()) for row in rows],
-            model_fingerprint=runtime.checkpoint.fingerprint,
+            model_fingerprint=runtime.fingerprint,
+            normalizations=list(normalizations),
         )
 
     async def _unary(
-        self, method: str, context: Context, work: Callable[[EncoderRuntime], Awaitable[T]]
+        self, method: str, context: Context, model: str, work: Callable[[EncoderRuntime], Awaitable[T]]
     ) -> T:
+        """Run `work` with the runtime of the model the call names; errors to status codes."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            return await work(self._ready())
+            return await work(self._registry().resolve(model))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -209,6 +252,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     def _status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, InputError):
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        if isinstance(exc, ModelNotFound):
+            return grpc.StatusCode.NOT_FOUND, str(exc)
         if isinstance(exc, ModelNotReady):
             return grpc.StatusCode.UNAVAILABLE, str(exc)
         log.exception("%s failed", method, exc_info=exc)

@@ -1,65 +1,111 @@
-"""Encoder service settings, read from the environment (prefix ENCODER_)."""
+"""Encoder service settings, read from the environment (prefix ENCODER_) or flags (`--help`)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from clipsearch.acceleration import AUTO, parse_cpu_mode
 from clipsearch.affinity import cpu_setting
+from clipsearch.bootstrap import ServiceSettings
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
 MIB = 1024 * 1024
+# A served name: what calls and health checks spell, so no separators of the ENCODER_MODELS list or of
+# the health service names (services/encoder/server.py) in it.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
-class EncoderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to serve: the name calls use, and its checkpoint directory or hub id."""
 
-    # A checkpoint directory (save_pretrained layout) or a Hugging Face hub id; the default is the
-    # demo's model (scripts/demo.py): the compact MNIST model with its text tower distilled.
+    name: str
+    checkpoint: str
+
+
+def parse_models(value: str) -> list[ModelSource]:
+    """`name=DIR,name=DIR` to its entries; ValueError names the first bad or duplicate entry."""
+    sources: list[ModelSource] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue  # a trailing comma
+        name, separator, checkpoint = (side.strip() for side in entry.partition("="))
+        if not separator or not checkpoint:
+            raise ValueError(f"model entry {entry!r} is not NAME=CHECKPOINT")
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        if FINGERPRINT.fullmatch(name):
+            raise ValueError(f"model name {name!r} looks like a fingerprint; calls could not tell them apart")
+        if any(source.name == name for source in sources):
+            raise ValueError(f"model name {name!r} is given twice")
+        sources.append(ModelSource(name, checkpoint))
+    if not sources:
+        raise ValueError("no models given: set NAME=CHECKPOINT[,NAME=CHECKPOINT...]")
+    return sources
+
+
+class EncoderSettings(ServiceSettings):
+    """The encoder gRPC service: embeds texts, images and sketches with one CLIP checkpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCODER_")
+
     checkpoint: str = "var/checkpoints/mnist-compact-distilled"
+    """A checkpoint directory (save_pretrained layout) or a Hugging Face hub id; the default is the
+    demo's model: the compact MNIST model with its text tower distilled."""
+    models: str | None = None
+    """Several models in one process, NAME=CHECKPOINT,NAME=CHECKPOINT (for example
+    mnist=var/checkpoints/mnist-compact-distilled,emoji=var/checkpoints/emoji); calls name the model
+    they want. Set, it replaces `checkpoint` (compose always passes one); unset or empty: the one
+    `checkpoint`, served under its directory name."""
     host: str = "0.0.0.0"
-    # 0 binds any free port (tests); the bound port is reported by the server.
     port: int = Field(default=50051, ge=0, le=65535)
-    # Prometheus /metrics side port; 0 binds any free port.
+    """gRPC port; 0 binds any free port (tests), which the server reports."""
     metrics_port: int = Field(default=9101, ge=0, le=65535)
+    """Prometheus /metrics side port; 0 binds any free port."""
     metrics_enabled: bool = True
     device: str = "auto"
+    """auto, cpu, cuda, cuda:1 ..."""
     dtype: str = "auto"
-    # How the model runs on a CPU (clipsearch.acceleration): auto (bf16 where the CPU does bf16
-    # natively and the model is wide enough, else fp32), fp32, bf16, bf16-autocast, int8-dynamic.
     cpu_mode: str = AUTO
-    # How texts are embedded on a CPU (clipsearch.onnx_text): auto (the text tower on ONNX Runtime
-    # in int8 where it keeps the probe's cosine with torch, else torch), torch, onnx, onnx-int8.
+    """How the model runs on a CPU: auto (bf16 where the CPU does bf16 natively and the model is
+    wide enough, else fp32), fp32, bf16, bf16-autocast, int8-dynamic."""
     text_runtime: str = AUTO
-    # Where exported ONNX text towers are cached (default ~/.cache/clipsearch/onnx).
+    """How texts are embedded on a CPU: auto (the text tower on ONNX Runtime in int8 where it keeps
+    the probe's cosine with torch, else torch), torch, onnx, onnx-int8."""
     onnx_cache_dir: Path | None = None
-    # Micro-batching across concurrent requests: a batch closes at this many items or after
-    # this long, whichever comes first. No window by default: requests that queue while the
-    # model runs form the next batch, so batches grow with load and a lone request never waits
-    # (a 5 ms window cost one text query 6 ms and bought no throughput under load).
+    """Where exported ONNX text towers are cached (default ~/.cache/clipsearch/onnx)."""
+    # No batching window by default: requests that queue while the model runs form the next
+    # batch, so batches grow with load and a lone request never waits (a 5 ms window cost one
+    # text query 6 ms and bought no throughput under load).
     max_batch_size: int = Field(default=64, ge=1)
+    """Concurrent requests share a model pass: a batch closes at this many items, or ..."""
     max_wait_ms: float = Field(default=0.0, ge=0)
+    """... once its first item has waited this long (0: no window)."""
     batching: bool = True
     max_items_per_request: int = Field(default=256, ge=1)
     max_image_bytes: int = Field(default=10 * MIB, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     max_message_bytes: int = Field(default=64 * MIB, ge=1024)
-    # Threads decoding and preprocessing images (inference has its own single thread).
     preprocess_threads: int = Field(default=2, ge=1)
-    # When set, every Encoder call needs metadata `x-api-key` with this value
-    # (health and reflection stay open for probes and grpcurl).
+    """Threads decoding and preprocessing images (inference has its own single thread)."""
     api_key: SecretStr | None = None
+    """When set, every Encoder call needs metadata x-api-key with this value (health and
+    reflection stay open for probes and grpcurl)."""
     torch_threads: int | None = Field(default=None, ge=1)
-    # CPUs to run on ("0", "0-3", "0,2"); unset: all. A core of its own keeps the gateway and the
-    # clients from piling onto the encoder's (clipsearch/affinity.py, off by default).
     cpus: str | None = None
-    # How long in-flight calls may run after SIGTERM before they are cancelled.
+    """CPUs to run on ("0", "0-3", "0,2"); unset: all. A core of its own keeps the gateway and the
+    clients from piling onto the encoder's (clipsearch/affinity.py, off by default)."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
-    log_level: str = "INFO"
+    """How long in-flight calls may run after SIGTERM before they are cancelled."""
 
     @field_validator("cpu_mode")
     @classmethod
@@ -78,8 +124,19 @@ class EncoderSettings(BaseSettings):
     def _cpu_list(cls, value: str | None) -> str | None:
         return cpu_setting(value)
 
-    @field_validator("api_key", mode="before")
+    @field_validator("models")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
-        # ENCODER_API_KEY= (empty, as compose files often leave it) means no key.
-        return None if value == "" else value
+    def _model_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_models(value)  # ValueError names the bad entry
+        return value
+
+    def model_sources(self) -> list[ModelSource]:
+        """The models to serve, in the order given."""
+        if self.models is None:
+            # Imported here: the settings load (and --help answers) without torch.
+            from clipsearch.checkpoint import checkpoint_name
+
+            return [ModelSource(checkpoint_name(self.checkpoint), self.checkpoint)]
+        return parse_models(self.models)

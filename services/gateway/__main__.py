@@ -1,15 +1,16 @@
-"""`python -m services.gateway`: HTTP (uvicorn) and gRPC in one process, sharing one search core."""
+"""`python -m services.gateway`: HTTP (uvicorn) and gRPC in one process, sharing one search core;
+set up by GATEWAY_* variables or flags (`--help`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 
 import uvicorn
-from pydantic import ValidationError
 
-from clipsearch.affinity import pin_process
+from clipsearch.bootstrap import UserError, run_service
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import GrpcGateway
@@ -24,7 +25,14 @@ async def serve(settings: GatewaySettings) -> None:
     grpc_port = await grpc_gateway.start()
     app = create_app(settings, core)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, log_level="info", access_log=False, lifespan="on"
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        # Uvicorn's records go through the one logging set-up (clipsearch.logs), not its own.
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     log.info(
@@ -38,17 +46,15 @@ async def serve(settings: GatewaySettings) -> None:
         await core.close()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m services.gateway") -> int:
+    return run_service("gateway", GatewaySettings, run, argv=argv, prog=prog)
+
+
+def run(settings: GatewaySettings) -> None:
     try:
-        settings = GatewaySettings()
-    except ValidationError as exc:
-        print(f"gateway: invalid GATEWAY_* settings:\n{exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.cpus:  # checked with the settings: a list this machine cannot give is refused there
-        log.info("running on CPUs %s", sorted(pin_process(settings.cpus)))
-    asyncio.run(serve(settings))
-    return 0
+        asyncio.run(serve(settings))
+    except OSError as exc:  # the port is taken, or similar
+        raise UserError(f"cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""HTTP routes under /api/v1 and their request/response models."""
+"""HTTP routes under /api/v1 (the request and response models are in schemas.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,21 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.deps import get_core, require_api_key
 from services.gateway.errors import NotFound, PayloadTooLarge, QueryError
 from services.gateway.media_files import MediaFile, read_media
-from services.gateway.search import ClassifyResult, QueryOptions, QueryPart, SearchCore, SearchResult
+from services.gateway.schemas import (
+    ClassifyQuery,
+    ClassifyResponse,
+    CollectionsResponse,
+    ErrorOut,
+    ImageOptions,
+    MixedQuery,
+    QueryPart,
+    SearchOptions,
+    SearchResponse,
+    TextQuery,
+)
+from services.gateway.search import SearchCore
 
 Core = Annotated[SearchCore, Depends(get_core)]
-TargetName = Literal["images", "captions"]
 
 api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 # Media is public: <img> tags cannot send an API key, and keys are content hashes.
@@ -28,23 +39,7 @@ media = APIRouter(prefix="/api/v1")
 probes = APIRouter()
 
 
-# --- models ---
-
-
-class SearchOptionsBody(BaseModel):
-    k: int = Field(default=10, description="number of hits")
-    offset: int = Field(default=0, description="hits to skip (paging)")
-    filter: dict[str, Any] | None = Field(
-        default=None, description='payload filter, e.g. {"label": 7} or {"label": [1, 7]}'
-    )
-    target: str = Field(default="images", description="images | captions")
-
-    def options(self) -> QueryOptions:
-        return QueryOptions(k=self.k, offset=self.offset, filter=self.filter, target=self.target)
-
-
-class TextQueryBody(SearchOptionsBody):
-    query: str = Field(description="what to look for, e.g. 'a handwritten seven'")
+# --- the JSON form of a mixed query (uploads base64-encoded) ---
 
 
 class PartBody(BaseModel):
@@ -64,76 +59,29 @@ class PartBody(BaseModel):
 
     def part(self, position: int) -> QueryPart:
         if self.text is not None:
-            return QueryPart("text", self.text, self.weight)
+            return QueryPart(kind="text", content=self.text, weight=self.weight)
         kind: Literal["image", "sketch"] = "image" if self.image is not None else "sketch"
         encoded = self.image if self.image is not None else self.sketch
         try:
             data = base64.b64decode(encoded or "", validate=True)
         except (binascii.Error, ValueError):
             raise QueryError(f"part {position} {kind} is not valid base64") from None
-        return QueryPart(kind, data, self.weight)
+        return QueryPart(kind=kind, content=data, weight=self.weight)
 
 
-class MixedQueryBody(SearchOptionsBody):
+class MixedQueryBody(SearchOptions):
     parts: list[PartBody]
 
-
-class HitOut(BaseModel):
-    id: str
-    score: float
-    payload: dict[str, Any]
-    image_url: str | None
-
-
-class SearchResponse(BaseModel):
-    hits: list[HitOut]
-    took_ms: float
-    model: str
-    collection: str
-
-    @classmethod
-    def of(cls, result: SearchResult) -> SearchResponse:
-        return cls(
-            hits=[
-                HitOut(id=h.id, score=h.score, payload=h.payload, image_url=h.image_url) for h in result.hits
-            ],
-            took_ms=round(result.took_ms, 3),
-            model=result.model,
-            collection=result.collection,
-        )
-
-
-class LabelScoreOut(BaseModel):
-    label: str
-    probability: float
-
-
-class ClassifyResponse(BaseModel):
-    scores: list[LabelScoreOut]
-    took_ms: float
-    model: str
-    templates: list[str]
-    temperature: float
-
-    @classmethod
-    def of(cls, result: ClassifyResult) -> ClassifyResponse:
-        return cls(
-            scores=[LabelScoreOut(label=s.label, probability=s.probability) for s in result.scores],
-            took_ms=round(result.took_ms, 3),
-            model=result.model,
-            templates=result.templates,
-            temperature=result.temperature,
-        )
-
-
-class ErrorOut(BaseModel):
-    detail: str
+    def query(self) -> MixedQuery:
+        parts = [part.part(position) for position, part in enumerate(self.parts)]
+        return MixedQuery(**self.options().model_dump(), parts=parts)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "bad query"},
     401: {"model": ErrorOut, "description": "missing or wrong API key"},
     413: {"model": ErrorOut, "description": "upload too large"},
+    422: {"model": ErrorOut, "description": "malformed request"},
     503: {"model": ErrorOut, "description": "encoder or store unavailable"},
 }
 
@@ -147,7 +95,9 @@ def parse_filter(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+    # RecursionError: "[[[[..." nested too deep; ValueError: an integer of more digits than Python
+    # converts (JSONDecodeError is a ValueError too).
+    except (ValueError, RecursionError):
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}') from None
     if not isinstance(parsed, dict):
         raise QueryError('filter must be a JSON object, e.g. {"label": 7}')
@@ -164,17 +114,30 @@ async def read_upload(request: Request, upload: UploadFile) -> bytes:
     return data
 
 
-def form_options(k: int, offset: int, filter: str | None, target: str) -> QueryOptions:
-    return QueryOptions(k=k, offset=offset, filter=parse_filter(filter), target=target)
+def form_options(
+    k: int, offset: int, filter: str | None, target: str, collection: str | None, normalization: str = "auto"
+) -> ImageOptions:
+    """Options given as form fields or query parameters (the filter as a JSON string)."""
+    return ImageOptions(
+        k=k,
+        offset=offset,
+        filter=parse_filter(filter),
+        target=target,  # type: ignore[arg-type]  # checked by the model
+        collection=collection,
+        normalization=normalization,  # type: ignore[arg-type]
+    )
+
+
+CollectionField = Annotated[str | None, Form(description="the collection to search; empty: the default")]
 
 
 # --- search ---
 
 
 @api.post("/search/text", response_model=SearchResponse, responses=ERRORS)
-async def search_text(body: TextQueryBody, core: Core) -> SearchResponse:
+async def search_text(body: TextQuery, core: Core) -> SearchResponse:
     """Images (or captions) closest to a text query."""
-    return SearchResponse.of(await core.search_text(body.query, body.options()))
+    return await core.search_text(body)
 
 
 @api.get("/search/text", response_model=SearchResponse, responses=ERRORS)
@@ -184,10 +147,12 @@ async def search_text_get(
     k: int = 10,
     offset: int = 0,
     filter: Annotated[str | None, Query(description="JSON payload filter")] = None,
-    target: str = "images",
+    target: Annotated[str, Query(description="images | captions")] = "images",
+    collection: Annotated[str | None, Query(description="the collection; empty: the default")] = None,
 ) -> SearchResponse:
     """The same as POST, for links and curl."""
-    return SearchResponse.of(await core.search_text(q, form_options(k, offset, filter, target)))
+    options = form_options(k, offset, filter, target, collection).options()
+    return await core.search_text(TextQuery(**options.model_dump(), query=q))
 
 
 @api.post("/search/image", response_model=SearchResponse, responses=ERRORS)
@@ -198,12 +163,16 @@ async def search_image(
     k: Annotated[int, Form()] = 10,
     offset: Annotated[int, Form()] = 0,
     filter: Annotated[str | None, Form(description="JSON payload filter")] = None,
-    target: Annotated[str, Form()] = "images",
+    target: Annotated[str, Form(description="images | captions")] = "images",
+    collection: CollectionField = None,
+    normalization: Annotated[
+        str, Form(description="auto: bring a picture unlike the collection's images into its domain; off")
+    ] = "auto",
 ) -> SearchResponse:
-    """Items most similar to an uploaded image."""
+    """Items most similar to an uploaded image (the answer says which normalisation it got)."""
     data = await read_upload(request, file)
-    options = form_options(k, offset, filter, target)
-    return SearchResponse.of(await core.search_image(data, options))
+    options = form_options(k, offset, filter, target, collection, normalization)
+    return await core.search_image(data, options)
 
 
 @api.post("/search/sketch", response_model=SearchResponse, responses=ERRORS)
@@ -214,19 +183,19 @@ async def search_sketch(
     k: Annotated[int, Form()] = 10,
     offset: Annotated[int, Form()] = 0,
     filter: Annotated[str | None, Form(description="JSON payload filter")] = None,
-    target: Annotated[str, Form()] = "images",
+    target: Annotated[str, Form(description="images | captions")] = "images",
+    collection: CollectionField = None,
 ) -> SearchResponse:
-    """Items most similar to a sketch (normalised the way the model expects)."""
+    """Items most similar to a sketch (normalised the way the collection's model expects)."""
     data = await read_upload(request, file)
-    options = form_options(k, offset, filter, target)
-    return SearchResponse.of(await core.search_image(data, options, sketch=True))
+    options = form_options(k, offset, filter, target, collection)
+    return await core.search_image(data, options, sketch=True)
 
 
 @api.post("/search/mixed", response_model=SearchResponse, responses=ERRORS)
 async def search_mixed(body: MixedQueryBody, core: Core) -> SearchResponse:
     """Weighted text/image/sketch parts combined into one query (negative weights steer away)."""
-    parts = [part.part(position) for position, part in enumerate(body.parts)]
-    return SearchResponse.of(await core.search_mixed(parts, body.options()))
+    return await core.search_mixed(body.query())
 
 
 @api.post("/classify", response_model=ClassifyResponse, responses=ERRORS)
@@ -238,15 +207,22 @@ async def classify(
     kind: Annotated[Literal["image", "sketch"], Form()] = "image",
     templates: Annotated[list[str] | None, Form(description='prompt templates with "{}"')] = None,
     temperature: Annotated[float | None, Form(description="softmax temperature; empty: the model's")] = None,
+    collection: Annotated[str | None, Form(description="whose model classifies; empty: the default")] = None,
 ) -> ClassifyResponse:
     """Zero-shot classification: probabilities over the candidate labels."""
     data = await read_upload(request, file)
     if len(labels) == 1 and "," in labels[0]:
         labels = labels[0].split(",")
-    result = await core.classify(
-        data, labels, sketch=kind == "sketch", templates=templates or [], temperature=temperature
+    query = ClassifyQuery(
+        kind=kind, labels=labels, templates=templates or [], temperature=temperature, collection=collection
     )
-    return ClassifyResponse.of(result)
+    return await core.classify(data, query)
+
+
+@api.get("/collections", response_model=CollectionsResponse, responses=ERRORS)
+async def collections(core: Core) -> CollectionsResponse:
+    """Every collection: its model, size, vectors, filterable fields with their values."""
+    return await core.list_collections()
 
 
 @api.get("/info")

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, error mapping, metrics, upload cap, the web page."""
+"""The FastAPI application: routes, error mapping, metrics, upload cap, request ids, the web page."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clipsearch.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id, valid_request_id
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
-from services.gateway.errors import GatewayError
+from services.gateway.errors import GatewayError, status_of
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.schemas import request_error
 from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 
@@ -59,6 +62,7 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
     app.include_router(probes)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _validation_error)  # type: ignore[arg-type]
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -71,30 +75,25 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["content-type", API_KEY_HEADER],
+            allow_headers=["content-type", API_KEY_HEADER, REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
         )
     app.add_middleware(
         GuardMiddleware,
         metrics=app.state.metrics,
         max_body_bytes=BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, even a 413 or 500, carries it
     return app
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """One readable sentence instead of FastAPI's list of error objects."""
-    problems = []
-    for error in exc.errors():
-        location = list(error.get("loc", ()))
-        if location and location[0] in ("body", "query", "path", "header", "cookie"):
-            location = location[1:]  # where the field came from, not part of its name
-        where = ".".join(str(part) for part in location)
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+async def _validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
+    """A request model refused the request: while FastAPI read it, or when a route built one."""
+    return await _gateway_error(request, request_error(exc.errors()))
 
 
 class GuardMiddleware:
@@ -136,14 +135,51 @@ class GuardMiddleware:
             self.metrics.observe("http", operation, str(status["code"]), time.perf_counter() - started)
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+class RequestIdMiddleware:
+    """Runs each request with an id (a valid X-Request-ID from the client, else a new one) in
+    `clipsearch.logs.REQUEST_ID`, returns it in the response's X-Request-ID, logs the request at DEBUG."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = valid_request_id(sent.decode("latin-1") if sent else None) or new_request_id()
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+        token = REQUEST_ID.set(request_id)
+        started, status = time.perf_counter(), [0]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                took_ms = (time.perf_counter() - started) * 1000
+                log.debug("%s %s %d in %.1f ms", scope.get("method"), scope.get("path"), status[0], took_ms)
+            REQUEST_ID.reset(token)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:

@@ -9,17 +9,15 @@ from fastapi import Request
 
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import VectorStore, open_store
-from services.gateway.errors import GatewayError
+from services.gateway.collections import Collections
+from services.gateway.embedding import QueryEmbedder
+from services.gateway.errors import Unauthorized
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 from services.gateway.store_handle import StoreHandle
 
 API_KEY_HEADER = "x-api-key"
-
-
-class Unauthorized(GatewayError):
-    http_status = 401
 
 
 def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> SearchCore:
@@ -35,7 +33,13 @@ def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
         return open_store(settings.qdrant_url, Path(settings.store_path), qdrant_key)
 
     store = StoreHandle(opener, settings.qdrant_url or settings.store_path)
-    return SearchCore(settings, encoder, store, metrics or GatewayMetrics())
+    metrics = metrics or GatewayMetrics()
+    return SearchCore(
+        settings,
+        QueryEmbedder(encoder, settings, metrics),
+        Collections(store, settings.collection, metrics, settings.info_ttl_s),
+        metrics,
+    )
 
 
 def key_matches(expected: str, given: str | None) -> bool:

@@ -1,33 +1,68 @@
-"""What can go wrong with a query, independent of HTTP or gRPC.
+"""What can go wrong with a request, and the one table that maps it to HTTP and gRPC.
 
-The search core raises these; api.py maps them to HTTP statuses and
-grpc_server.py to gRPC codes, so both front ends answer the same way.
+The search core and the request models raise these; `status_of` gives the HTTP
+status and the gRPC code for each, so both front ends answer a failure the same way.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
 
 
 class GatewayError(Exception):
     """Base class; `str(error)` is the message shown to the caller."""
 
-    http_status = 500
-
 
 class QueryError(GatewayError):
-    """The caller's mistake: bad parameters, undecodable upload, unknown filter field."""
+    """The caller's mistake: a value out of bounds, an undecodable upload, an unknown filter field."""
 
-    http_status = 400
+
+class MalformedRequest(QueryError):
+    """The request cannot be read at all: missing fields, wrong types, broken JSON."""
 
 
 class PayloadTooLarge(QueryError):
-    http_status = 413
+    pass
+
+
+class Unauthorized(GatewayError):
+    pass
 
 
 class NotFound(GatewayError):
-    http_status = 404
+    pass
 
 
 class Unavailable(GatewayError):
     """A dependency (encoder, store, collection) is down or not ready; retry later."""
 
-    http_status = 503
+
+class VersionGone(Unavailable):
+    """The collection version a query was resolved to was dropped (a newer one replaced it)."""
+
+
+@dataclass(frozen=True)
+class Status:
+    http: int
+    grpc: grpc.StatusCode
+
+
+# The most specific class wins (looked up along the error's MRO).
+STATUSES: dict[type[BaseException], Status] = {
+    QueryError: Status(400, grpc.StatusCode.INVALID_ARGUMENT),
+    MalformedRequest: Status(422, grpc.StatusCode.INVALID_ARGUMENT),
+    PayloadTooLarge: Status(413, grpc.StatusCode.INVALID_ARGUMENT),
+    Unauthorized: Status(401, grpc.StatusCode.UNAUTHENTICATED),
+    NotFound: Status(404, grpc.StatusCode.NOT_FOUND),
+    Unavailable: Status(503, grpc.StatusCode.UNAVAILABLE),
+}
+INTERNAL = Status(500, grpc.StatusCode.INTERNAL)
+
+
+def status_of(error: BaseException) -> Status:
+    for kind in type(error).__mro__:
+        if kind in STATUSES:
+            return STATUSES[kind]
+    return INTERNAL

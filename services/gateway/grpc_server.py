@@ -1,7 +1,7 @@
 """The gRPC twin of the HTTP API: clipsearch.v1.Search, plus health and reflection.
 
-It calls the same SearchCore as the HTTP routes; QueryError becomes
-INVALID_ARGUMENT, Unavailable becomes UNAVAILABLE.
+It builds the same request models as the HTTP routes (schemas.py) and calls the same
+SearchCore; failures get their gRPC code from the one table in errors.py.
 """
 
 from __future__ import annotations
@@ -17,33 +17,44 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
+from clipsearch.grpc_request_id import RequestIdInterceptor
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import API_KEY_HEADER, key_matches
-from services.gateway.errors import GatewayError, NotFound, QueryError, Unavailable
-from services.gateway.search import QueryOptions, QueryPart, SearchCore, SearchResult
+from services.gateway.errors import GatewayError, QueryError, status_of
+from services.gateway.schemas import (
+    ClassifyQuery,
+    ImageOptions,
+    MixedQuery,
+    Normalization,
+    QueryPart,
+    SearchOptions,
+    SearchResponse,
+    Target,
+    TextQuery,
+    request_error,
+)
+from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
-TARGETS = {search_pb2.TARGET_UNSPECIFIED: "images", search_pb2.TARGET_IMAGES: "images"}
-TARGETS[search_pb2.TARGET_CAPTIONS] = "captions"
+NORMALIZATIONS: dict[int, Normalization] = {
+    search_pb2.NORMALIZATION_AUTO: "auto",
+    search_pb2.NORMALIZATION_OFF: "off",
+}
+TARGETS: dict[int, Target] = {
+    search_pb2.TARGET_UNSPECIFIED: "images",
+    search_pb2.TARGET_IMAGES: "images",
+    search_pb2.TARGET_CAPTIONS: "captions",
+}
 DEFAULT_K = 10
 READINESS_INTERVAL_S = 5.0
 # Health and reflection stay open so probes and grpcurl work without a key.
 _OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-def _status_for(error: GatewayError) -> grpc.StatusCode:
-    if isinstance(error, QueryError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(error, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    return grpc.StatusCode.INTERNAL
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
@@ -56,9 +67,12 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         started = time.perf_counter()
         outcome = "OK"
         try:
-            return await call()
+            try:
+                return await call()
+            except ValidationError as exc:  # a request model refused what the message holds
+                raise request_error(exc.errors()) from None
         except GatewayError as exc:
-            code = _status_for(exc)
+            code = status_of(exc).grpc
             outcome = code.name
             await context.abort(code, str(exc))
         except Exception:
@@ -72,38 +86,40 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     async def SearchText(
         self, request: search_pb2.TextQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
-        return await self._answer(
-            "SearchText",
-            context,
-            lambda: self._search(self.core.search_text(request.query, _options(request.options))),
-        )
+        async def run() -> search_pb2.SearchResponse:
+            query = TextQuery(**_options(request.options).model_dump(), query=request.query)
+            return _search_reply(await self.core.search_text(query))
+
+        return await self._answer("SearchText", context, run)
 
     async def SearchImage(
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
-        return await self._answer(
-            "SearchImage",
-            context,
-            lambda: self._search(self.core.search_image(request.image, _options(request.options))),
-        )
+        async def run() -> search_pb2.SearchResponse:
+            normalization = NORMALIZATIONS.get(request.normalization)
+            if normalization is None:
+                raise QueryError(f"unknown normalization {request.normalization}")
+            options = ImageOptions(**_options(request.options).model_dump(), normalization=normalization)
+            return _search_reply(await self.core.search_image(request.image, options))
+
+        return await self._answer("SearchImage", context, run)
 
     async def SearchSketch(
         self, request: search_pb2.ImageQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
-        return await self._answer(
-            "SearchSketch",
-            context,
-            lambda: self._search(
-                self.core.search_image(request.image, _options(request.options), sketch=True)
-            ),
-        )
+        async def run() -> search_pb2.SearchResponse:
+            options = ImageOptions(**_options(request.options).model_dump())
+            return _search_reply(await self.core.search_image(request.image, options, sketch=True))
+
+        return await self._answer("SearchSketch", context, run)
 
     async def SearchMixed(
         self, request: search_pb2.MixedQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
             parts = [_part(part, position) for position, part in enumerate(request.parts)]
-            return await self._search(self.core.search_mixed(parts, _options(request.options)))
+            query = MixedQuery(**_options(request.options).model_dump(), parts=parts)
+            return _search_reply(await self.core.search_mixed(query))
 
         return await self._answer("SearchMixed", context, run)
 
@@ -114,13 +130,14 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             which = request.WhichOneof("content")
             if which is None:
                 raise QueryError("give an image or a sketch")
-            result = await self.core.classify(
-                request.image if which == "image" else request.sketch,
-                list(request.labels),
-                sketch=which == "sketch",
+            query = ClassifyQuery(
+                kind="image" if which == "image" else "sketch",
+                labels=list(request.labels),
                 templates=list(request.templates),
                 temperature=request.temperature or None,
+                collection=request.collection,
             )
+            result = await self.core.classify(request.image if which == "image" else request.sketch, query)
             return search_pb2.ClassifyResponse(
                 scores=[
                     search_pb2.LabelScore(label=s.label, probability=s.probability) for s in result.scores
@@ -131,22 +148,53 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
         return await self._answer("Classify", context, run)
 
-    @staticmethod
-    async def _search(pending: Awaitable[SearchResult]) -> search_pb2.SearchResponse:
-        result = await pending
-        hits = []
-        for hit in result.hits:
-            payload = struct_pb2.Struct()
-            payload.update(hit.payload)
-            hits.append(
-                search_pb2.Hit(id=hit.id, score=hit.score, payload=payload, image_url=hit.image_url or "")
+    async def ListCollections(
+        self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListCollectionsResponse:
+        async def run() -> search_pb2.ListCollectionsResponse:
+            listed = await self.core.list_collections()
+            return search_pb2.ListCollectionsResponse(
+                collections=[
+                    search_pb2.CollectionInfo(
+                        name=c.name,
+                        model=c.model or "",
+                        fingerprint=c.fingerprint,
+                        points=c.points,
+                        vectors=c.vectors,
+                        filter_fields={
+                            field: search_pb2.FieldValues(values=[str(v) for v in values or []])
+                            for field, values in c.filter_fields.items()
+                        },
+                        sketch_normalization=c.sketch_normalization or "",
+                        ready=c.ready,
+                        problem=c.problem or "",
+                    )
+                    for c in listed.collections
+                ],
+                default_collection=listed.default_collection,
             )
-        return search_pb2.SearchResponse(
-            hits=hits, took_ms=result.took_ms, model=result.model, collection=result.collection
+
+        return await self._answer("ListCollections", context, run)
+
+
+def _search_reply(result: SearchResponse) -> search_pb2.SearchResponse:
+    hits = []
+    for hit in result.hits:
+        payload = struct_pb2.Struct()
+        payload.update(hit.payload)
+        hits.append(
+            search_pb2.Hit(id=hit.id, score=hit.score, payload=payload, image_url=hit.image_url or "")
         )
+    return search_pb2.SearchResponse(
+        hits=hits,
+        took_ms=result.took_ms,
+        model=result.model,
+        collection=result.collection,
+        normalization=result.normalization or "",
+    )
 
 
-def _options(options: search_pb2.QueryOptions) -> QueryOptions:
+def _options(options: search_pb2.QueryOptions) -> SearchOptions:
     target = TARGETS.get(options.target)
     if target is None:
         raise QueryError(f"unknown target {options.target}")
@@ -156,18 +204,20 @@ def _options(options: search_pb2.QueryOptions) -> QueryOptions:
             query_filter = json_format.MessageToDict(options.filter)
         except ValueError:  # NaN or infinity in a Struct number
             raise QueryError("filter values must be finite numbers, strings or lists of them") from None
-    return QueryOptions(k=options.k or DEFAULT_K, offset=options.offset, filter=query_filter, target=target)
+    return SearchOptions(
+        k=options.k or DEFAULT_K,
+        offset=options.offset,
+        filter=query_filter,
+        target=target,
+        collection=options.collection,
+    )
 
 
 def _part(part: search_pb2.QueryPart, position: int) -> QueryPart:
     which = part.WhichOneof("content")
-    if which == "text":
-        return QueryPart("text", part.text, part.weight or 1.0)
-    if which == "image":
-        return QueryPart("image", part.image, part.weight or 1.0)
-    if which == "sketch":
-        return QueryPart("sketch", part.sketch, part.weight or 1.0)
-    raise QueryError(f"part {position} has no text, image or sketch")
+    if which is None:
+        raise QueryError(f"part {position} has no text, image or sketch")
+    return QueryPart(kind=which, content=getattr(part, which), weight=part.weight or 1.0)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -206,7 +256,9 @@ class GrpcGateway:
     def __init__(self, core: SearchCore, settings: GatewaySettings) -> None:
         self.core = core
         self.settings = settings
-        interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(issue=True)]
+        if settings.api_key:
+            interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

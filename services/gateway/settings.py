@@ -1,32 +1,35 @@
-"""Gateway settings, from GATEWAY_* environment variables."""
+"""Gateway settings, from GATEWAY_* environment variables or flags (`--help`)."""
 
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from clipsearch.affinity import cpu_setting
+from clipsearch.bootstrap import ServiceSettings
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+class GatewaySettings(ServiceSettings):
+    """The search gateway: HTTP API, web page and gRPC Search service over one collection."""
 
-    # Encoder gRPC target ("host:port"; a DNS name with several replicas is load-balanced).
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
     encoder: str = "localhost:50051"
+    """Encoder gRPC target ("host:port"; a DNS name with several replicas is load-balanced)."""
     encoder_timeout_s: float = Field(default=5.0, gt=0)
     encoder_api_key: SecretStr | None = None
 
-    # A Qdrant server URL, or None for the embedded store at `store_path`.
     qdrant_url: str | None = None
+    """A Qdrant server URL; unset: the embedded store at store_path."""
     qdrant_api_key: SecretStr | None = None
     store_path: str = "var/qdrant"
-    # The alias the indexer publishes.
     collection: str = "mnist"
+    """The alias the indexer publishes."""
     media_dir: str = "var/media"
 
     host: str = "127.0.0.1"
-    # CPUs to run on ("1", "2-3"); unset: all. See clipsearch/affinity.py (off by default).
     cpus: str | None = None
+    """CPUs to run on ("1", "2-3"); unset: all. See clipsearch/affinity.py (off by default)."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50052, ge=0, le=65535)
 
@@ -35,32 +38,25 @@ class GatewaySettings(BaseSettings):
     max_offset: int = Field(default=10_000, ge=0)
     max_labels: int = Field(default=100, ge=1)
 
-    # Browser origins allowed to call the API from other sites; empty: same origin only.
     cors_origins: list[str] = Field(default_factory=list)
-    # When set, every API call needs it (header / gRPC metadata "x-api-key").
+    """Browser origins allowed to call the API from other sites; empty: same origin only."""
     api_key: SecretStr | None = None
-    # Base URL for image links in results ("https://search.example.org"); relative links when unset.
+    """When set, every API call needs it (header / gRPC metadata x-api-key)."""
     public_url: str | None = None
+    """Base URL for image links in results ("https://search.example.org"); relative links when unset."""
 
-    # How long model and collection facts are reused before they are asked for again.
     info_ttl_s: float = Field(default=5.0, ge=0)
-    # Text-query embeddings kept per model fingerprint (LRU, ~0.5 KiB each at 128 dims); 0 turns it off.
+    """How long model and collection facts are reused before they are asked for again."""
     query_cache_size: int = Field(default=4096, ge=0)
-    # Concurrent text queries share EmbedText calls (each call costs the encoder ~1.1 ms of CPU
-    # whatever it carries): at most this many calls in flight, each with at most this many texts.
-    # encoder_calls_in_flight=0 sends every query in its own call.
+    """Text-query embeddings kept per model fingerprint (LRU, ~0.5 KiB each at 128 dims); 0 turns it off."""
+    # Each EmbedText call costs the encoder ~1.1 ms of CPU whatever it carries, so concurrent
+    # text queries share calls.
     encoder_calls_in_flight: int = Field(default=2, ge=0)
+    """Shared EmbedText calls in flight at most; 0 sends every text query in its own call."""
     encoder_texts_per_call: int = Field(default=32, ge=1)
+    """Texts in one shared EmbedText call at most."""
 
     @field_validator("cpus")
     @classmethod
     def _cpu_list(cls, value: str | None) -> str | None:
         return cpu_setting(value)
-
-    @field_validator(
-        "api_key", "encoder_api_key", "qdrant_api_key", "qdrant_url", "public_url", mode="before"
-    )
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # GATEWAY_API_KEY= (empty, as compose files and .env templates often leave it) means none.
-        return None if value == "" else value

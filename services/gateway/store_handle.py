@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from clipsearch.store import StoreError, StoreUnavailable, VectorStore
-from services.gateway.errors import Unavailable
+from clipsearch.store import CollectionNotFound, StoreError, StoreUnavailable, VectorStore
+from services.gateway.errors import Unavailable, VersionGone
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +44,8 @@ class StoreHandle:
         except StoreUnavailable as exc:
             self._drop(store)
             raise Unavailable(f"store {self.description} unavailable: {exc}") from None
+        except CollectionNotFound as exc:
+            raise VersionGone(f"store {self.description}: {exc}") from None
         except StoreError as exc:
             raise Unavailable(f"store {self.description} failed: {exc}") from None
 

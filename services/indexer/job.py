@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from clipsearch.encoder_client import EncoderClient, EncoderError, EncoderInputError, EncoderUnavailable
+from clipsearch.encoder_client import (
+    EncoderClient,
+    EncoderError,
+    EncoderInputError,
+    EncoderModelNotFound,
+    EncoderUnavailable,
+)
 from clipsearch.media import MediaStore, media_key
+from clipsearch.progress import progress_bar
 from clipsearch.store import (
     CAPTION_VECTOR,
     IMAGE_VECTOR,
@@ -141,11 +147,14 @@ class IndexJob:
                 f"{len(source.bad)} unreadable entries in the source:\n" + _listing(source.bad)
             )
 
-        present = {point_id for point_id in self.store.ids(target) if self._mine(point_id)}
+        # Store calls block (disk, network, index builds): each runs in a worker thread so the event
+        # loop keeps serving the encoder stream and the caption tasks.
+        stored = await asyncio.to_thread(self.store.ids, target)
+        present = {point_id for point_id in stored if self._mine(point_id)}
         wanted = {item.id for item in items}
         gone = present - wanted
         if gone:
-            self.store.delete(target, gone)
+            await asyncio.to_thread(self.store.delete, target, gone)
             report.deleted = len(gone)
         todo = [item for item in items if item.id not in present]
         report.already_present = len(items) - len(todo)
@@ -156,15 +165,19 @@ class IndexJob:
             raise IndexerError(
                 f"{len(report.errors)} items could not be indexed:\n" + _listing(report.errors)
             )
-        report.count = self.store.count(target)
-        held = len([i for i in self.store.ids(target) if self._mine(i)]) if sharded else report.count
+        report.count = await asyncio.to_thread(self.store.count, target)
+        held = report.count
+        if sharded:
+            held = len([i for i in await asyncio.to_thread(self.store.ids, target) if self._mine(i)])
         expected = len(items) - (len(report.errors) - len(source.bad))
         if held != expected:
             raise IndexerError(
                 f"{target} holds {held} points of this run's items but {expected} were expected"
             )
         if report.mode == "full" and not sharded:  # shards leave publishing to a final run without shards
-            self.store.finish_version(self.settings.collection, target, keep=self.settings.keep_versions)
+            await asyncio.to_thread(
+                self.store.finish_version, self.settings.collection, target, keep=self.settings.keep_versions
+            )
             report.published = True
         report.seconds = time.perf_counter() - started
         return report
@@ -174,7 +187,7 @@ class IndexJob:
 
     async def _choose_target(self, source: Source, vector_names: list[str]) -> tuple[str, IndexReport]:
         alias, fingerprint = self.settings.collection, self.info.fingerprint
-        live = self.store.collection_info(alias)
+        live = await asyncio.to_thread(self.store.collection_info, alias)
         report = IndexReport(alias, "", self.settings.mode, source.identity, fingerprint)
         if self.settings.mode == "incremental" and live is not None:
             if live.fingerprint != fingerprint:
@@ -194,18 +207,22 @@ class IndexJob:
             report.collection = live.name
             return live.name, report
         report.mode = "full"
-        pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source.identity)
+        pending = await asyncio.to_thread(
+            self.store.pending_version, alias, fingerprint=fingerprint, source=source.identity
+        )
         if pending is None and self.settings.shard_index > 0:
             pending = await self._wait_for_shard_zero(alias, fingerprint, source.identity)
         if pending is not None:
             report.collection, report.resumed = pending, True
             return pending, report
-        report.collection = self.store.create_version(
+        report.collection = await asyncio.to_thread(
+            self.store.create_version,
             alias,
             dim=self.info.embedding_dim,
             fingerprint=fingerprint,
             vector_names=vector_names,
             source=source.identity,
+            extra=source.manifest(model_name=self.info.name),
         )
         return report.collection, report
 
@@ -214,7 +231,9 @@ class IndexJob:
         deadline = time.monotonic() + self.settings.shard_wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
-            pending = self.store.pending_version(alias, fingerprint=fingerprint, source=source)
+            pending = await asyncio.to_thread(
+                self.store.pending_version, alias, fingerprint=fingerprint, source=source
+            )
             if pending is not None:
                 return pending
         raise IndexerError(
@@ -232,7 +251,7 @@ class IndexJob:
             deadline_s=self.settings.deadline_s,
             retries=self.settings.retries,
         )
-        progress = tqdm(
+        progress = progress_bar(
             total=len(todo),
             unit="img",
             desc=f"indexing {source.kind}",
@@ -271,13 +290,13 @@ class IndexJob:
 
     async def _embed_captions(self, texts: list[str]) -> np.ndarray:
         try:
-            return await self.client.embed_texts(texts)
+            return await self.client.embed_texts(texts, model=self.info.fingerprint)
         except EncoderInputError:
             # One bad caption (too long) fails the call: embed one by one, marking the failures.
             rows = []
             for text in texts:
                 try:
-                    rows.append((await self.client.embed_texts([text]))[0])
+                    rows.append((await self.client.embed_texts([text], model=self.info.fingerprint))[0])
                 except EncoderInputError:
                     rows.append(np.full(self.info.embedding_dim, np.nan, dtype=np.float32))
             return np.stack(rows)
@@ -361,26 +380,32 @@ async def run_index(
     )
     try:
         try:
-            info = await client.model_info()
+            info = await client.model_info(settings.model)
+        except EncoderModelNotFound as exc:
+            raise IndexerError(f"the encoder cannot embed with model {settings.model!r}: {exc}") from None
+        except EncoderInputError as exc:  # an encoder of several models, and no model named
+            raise IndexerError(f"name the model to embed with (INDEXER_MODEL): {exc}") from None
         except EncoderError as exc:
             raise IndexerError(f"cannot reach the encoder at {settings.encoder}: {exc}") from None
         owned = store is None
-        target = store or open_store(
-            settings.qdrant_url,
-            settings.store_path,
-            settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            layout=ClusterLayout(
-                shard_number=settings.qdrant_shard_number,
-                replication_factor=settings.qdrant_replication_factor,
-                write_consistency_factor=settings.qdrant_write_consistency_factor,
-            ),
-        )
+        if store is None:
+            store = await asyncio.to_thread(
+                open_store,
+                settings.qdrant_url,
+                settings.store_path,
+                settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                layout=ClusterLayout(
+                    shard_number=settings.qdrant_shard_number,
+                    replication_factor=settings.qdrant_replication_factor,
+                    write_consistency_factor=settings.qdrant_write_consistency_factor,
+                ),
+            )
         try:
-            job = IndexJob(settings, target, client, info, stop_after_batches=stop_after_batches)
+            job = IndexJob(settings, store, client, info, stop_after_batches=stop_after_batches)
             return await job.run(source)
         finally:
             if owned:
-                target.close()
+                await asyncio.to_thread(store.close)
     finally:
         await client.close()
 

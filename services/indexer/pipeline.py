@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from clipsearch.encoder_client import EncoderClient, EncoderInputError, EncoderUnavailable
+from clipsearch.encoder_client import (
+    EncoderClient,
+    EncoderInputError,
+    EncoderModelNotFound,
+    EncoderUnavailable,
+)
 from clipsearch.v1 import encoder_pb2
 
 log = logging.getLogger(__name__)
@@ -124,7 +129,10 @@ class StreamEmbedder:
                     items=[
                         encoder_pb2.ImageItem(id=item_id, data=data)
                         for item_id, data in zip(batch.item_ids, batch.data, strict=True)
-                    ]
+                    ],
+                    # The exact weights the run started with: a restarted encoder serving other
+                    # weights under the same name answers NOT_FOUND instead of mixing vector spaces.
+                    model=self.fingerprint,
                 )
 
         call = self.client.stream_embed_images(requests())
@@ -146,6 +154,8 @@ class StreamEmbedder:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise EncoderInputError(exc.details() or "invalid input") from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise EncoderModelNotFound(f"encoder at {self.client.target}: {exc.details()}") from None
             broken_connection = code == grpc.StatusCode.INTERNAL and _CLIENT_CORE_ERROR in (
                 exc.details() or ""
             )

@@ -68,10 +68,19 @@ class Source:
     kind: str
     items: list[SourceItem]
     bad: list[BadItem] = field(default_factory=list)  # found while listing (malformed CSV rows)
+    # Credits the images' licences ask for, shown wherever the collection is searched.
+    attribution: str | None = None
 
     @property
     def has_captions(self) -> bool:
         return any(item.caption for item in self.items)
+
+    def manifest(self, *, model_name: str) -> dict[str, Any]:
+        """What a version built from this source records beside its vectors."""
+        facts: dict[str, Any] = {"model_name": model_name}
+        if self.attribution:
+            facts["attribution"] = self.attribution
+        return facts
 
 
 def item_id(identity: str, relative: str) -> str:

@@ -1,22 +1,32 @@
 """Readers for the deployment files, for tests that check them without a Docker engine.
 
-Small, explicit subsets of the real formats: compose variable interpolation, the
-`.env` file syntax, `.dockerignore` matching and Dockerfile instructions. Each one
-covers what our files use and fails loudly on anything it does not understand.
+YAML is read with PyYAML, `.env` with python-dotenv, `.dockerignore` patterns are matched
+with pathspec and requirements with packaging. Compose variable interpolation, the merge
+of an override file and Dockerfile instructions have no well-kept Python reader: those
+are small, explicit subsets of the real formats that cover what our files use and fail
+loudly on anything they do not understand.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
+import io
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pathspec
 import yaml
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+from packaging.requirements import Requirement
+from packaging.utils import NormalizedName, canonicalize_name
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
@@ -25,6 +35,13 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 GPU_COMPOSE_FILE = REPO / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
+PYPROJECT = REPO / "pyproject.toml"
+LOCK_FILE = REPO / "requirements.lock"
+MAKEFILE = REPO / "Makefile"
+# Installed first, on its own and exactly pinned (its looser specs pull the CUDA build), so not locked.
+TORCH_REQUIREMENT = "torch==2.13.0"
+# What every virtual environment has, whatever the project asks for.
+VENV_BASE = {"pip", "setuptools", "wheel"}
 
 # Variables Compose itself reads from .env (not interpolated into the file).
 COMPOSE_BUILTINS = {"COMPOSE_PROFILES", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME"}
@@ -130,20 +147,16 @@ def environment(raw: Any) -> dict[str, str | None]:
 
 def read_env_file(path: Path) -> tuple[dict[str, str], set[str]]:
     """(variables set, variables only documented in `# NAME=...` comments) of a .env file."""
-    values: dict[str, str] = {}
-    documented: set[str] = set()
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        commented = re.fullmatch(r"#\s*([A-Z][A-Z0-9_]*)=.*", stripped)
-        if commented:
-            documented.add(commented.group(1))
-            continue
-        if not stripped or stripped.startswith("#"):
-            continue
-        name, sep, value = stripped.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"{path}: not NAME=value: {line!r}")
-        values[name] = value.strip().strip("'\"")
+    text = path.read_text()
+    broken = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if broken:
+        raise ValueError(f"{path}: lines {broken} are not NAME=value")
+    parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    bare = sorted(name for name, value in parsed.items() if value is None)
+    if bare:
+        raise ValueError(f"{path}: {bare} have no '=value'")
+    values = {name: value for name, value in parsed.items() if value is not None}
+    documented = set(re.findall(r"(?m)^\s*#\s*([A-Z][A-Z0-9_]*)=", text))
     return values, documented
 
 
@@ -192,47 +205,17 @@ def settings_env_names(cls: type[BaseSettings]) -> set[str]:
 # --- .dockerignore -----------------------------------------------------------------
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    out = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-        elif pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif pattern[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            out += "[^/]"
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.index("]", i)
-            out += pattern[i : end + 1]
-            i = end + 1
-        else:
-            out += re.escape(pattern[i])
-            i += 1
-    return re.compile(out)
-
-
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
     """Whether Docker leaves `path` (relative, '/'-separated) out of the build context.
 
     Docker's rule: the last pattern that matches the path or one of its parents wins;
-    `!pattern` re-includes.
+    `!pattern` re-includes. Docker anchors every pattern at the context root, so each
+    one is read as a gitignore pattern with a leading '/'.
     """
-    parts = path.strip("/").split("/")
-    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    excluded = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        regex = _pattern_regex(raw.lstrip("!").strip("/"))
-        if any(regex.fullmatch(candidate) for candidate in candidates):
-            excluded = not negate
-    return excluded
+    anchored = [
+        f"!/{raw[1:].strip('/')}" if raw.startswith("!") else f"/{raw.strip('/')}" for raw in patterns
+    ]
+    return pathspec.PathSpec.from_lines("gitignore", anchored).match_file(path.strip("/"))
 
 
 def read_dockerignore(path: Path = DOCKERIGNORE) -> list[str]:
@@ -274,3 +257,55 @@ def dockerfile_instructions(path: Path) -> list[Instruction]:
             stage = match.group(1) if match else None
         instructions.append(Instruction(keyword, args.strip(), stage))
     return instructions
+
+
+# --- pyproject.toml extras and requirements.lock ----------------------------------------
+
+
+def project_requirements(*extras: str) -> list[str]:
+    """[project].dependencies plus the named extras, as written in pyproject.toml."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    return [
+        *project["dependencies"],
+        *(r for extra in extras for r in project["optional-dependencies"][extra]),
+    ]
+
+
+def project_extras() -> list[str]:
+    return sorted(tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"])
+
+
+def lock_pins(path: Path = LOCK_FILE) -> dict[NormalizedName, str]:
+    """{package: version} of a `name==version` constraints file."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            if not sep:
+                raise ValueError(f"{path}: not name==version: {line!r}")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def installed_closure(requirements: Iterable[str]) -> set[NormalizedName]:
+    """The distributions `requirements` install, transitively: read from the installed packages'
+    metadata, with markers evaluated for this interpreter (extras followed where requested)."""
+    found: set[NormalizedName] = set()
+    seen: set[tuple[NormalizedName, frozenset[str]]] = set()
+    pending = [(Requirement(text), frozenset({""})) for text in requirements]
+    while pending:
+        requirement, asked_extras = pending.pop()
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in asked_extras):
+            continue
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        found.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # then the import tests say what is missing
+        pending += [(Requirement(text), frozenset({"", *requirement.extras})) for text in requires]
+    return found

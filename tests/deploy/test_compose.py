@@ -292,3 +292,23 @@ def test_hf_offline_is_passed_to_model_services(config: dict[str, Any]) -> None:
     services = _services(config)
     for name in ("encoder", "trainer", "indexer"):
         assert environment(services[name]["environment"]).get("HF_HUB_OFFLINE") in {"0", "1"}, name
+
+
+def test_gateway_and_indexer_run_the_torch_free_image(config: dict[str, Any]) -> None:
+    services = _services(config)
+    for name in ("gateway", "indexer"):
+        assert services[name]["build"]["target"] == "runtime-torch-free", name
+        assert "TORCH_VARIANT" not in services[name]["build"].get("args", {}), name
+    for name in ("encoder", "trainer"):
+        assert services[name]["build"]["target"] == "runtime", name
+    assert services["gateway"]["image"] == services["indexer"]["image"]
+    assert services["gateway"]["image"] not in {services[name]["image"] for name in ("encoder", "trainer")}
+
+
+def test_one_image_name_is_one_build(config: dict[str, Any]) -> None:
+    """Services that name the same image build it the same way: otherwise one build overwrites the other's tag."""
+    builds: dict[str, dict[str, Any]] = {}
+    for name, service in _services(config).items():
+        if "build" in service:
+            first = builds.setdefault(service["image"], service["build"])
+            assert first == service["build"], f"{name}: {service['image']} is built two ways"

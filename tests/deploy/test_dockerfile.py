@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,8 @@ from tests.deploy.deployfiles import (
     Instruction,
     dockerfile_instructions,
     dockerignore_excludes,
+    installed_closure,
+    project_requirements,
     read_dockerignore,
 )
 
@@ -111,7 +115,12 @@ def test_dockerignore_keeps_local_state_out() -> None:
         assert dockerignore_excludes(path, patterns), path
     for path in ["clipsearch/__pycache__/store.cpython-311.pyc", "services/gateway/.mypy_cache/x"]:
         assert dockerignore_excludes(path, patterns), path
-    for path in ["pyproject.toml", "requirements.lock", "clipsearch/store.py", "services/gateway/static"]:
+    for path in [
+        "pyproject.toml",
+        "requirements.lock",
+        "clipsearch/store/base.py",
+        "services/gateway/static",
+    ]:
         assert not dockerignore_excludes(path, patterns), path
 
 
@@ -128,3 +137,52 @@ def test_dockerignore_keeps_local_state_out() -> None:
 )
 def test_dockerignore_matching_follows_docker(path: str, patterns: list[str], excluded: bool) -> None:
     assert dockerignore_excludes(path, patterns) is excluded
+
+
+def _stage(instructions: list[Instruction], name: str) -> list[Instruction]:
+    stage = [i for i in instructions if i.stage == name]
+    assert stage, f"no stage {name}"
+    return stage
+
+
+def _installed_requirements(stage: list[Instruction]) -> list[str]:
+    """What a deps stage installs: its `python -c SCRIPT EXTRA... > requirements.in`, run here."""
+    run = next(i for i in stage if i.keyword == "RUN" and "requirements.in" in i.args)
+    words = shlex.split(run.args)
+    start = next(n for n, word in enumerate(words) if word == "-c" and words[n - 1] == "python")
+    script, extras = words[start + 1], words[start + 2 : words.index(">", start)]
+    printed = subprocess.run(
+        [sys.executable, "-c", script, *extras], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return printed.stdout.splitlines()
+
+
+def test_the_torch_image_installs_the_encoder_and_training_extras(instructions: list[Instruction]) -> None:
+    deps = _stage(instructions, "deps")
+    assert deps[0].args.split()[0] == "torch-${TORCH_VARIANT}"
+    assert _installed_requirements(deps) == project_requirements("encoder", "training")
+
+
+def test_the_torch_free_target_installs_the_gateway_and_indexer_extras(
+    instructions: list[Instruction],
+) -> None:
+    deps = _stage(instructions, "deps-torch-free")
+    assert deps[0].args.split()[0] == "python-base", "not on top of a torch stage"
+    copied = {s for i in deps if i.keyword == "COPY" for s in _copy_sources(i)}
+    assert copied == {"pyproject.toml", "requirements.lock"}, "the deps layer must not depend on the source"
+    assert any(i.keyword == "RUN" and "-c requirements.lock" in i.args for i in deps)
+    requirements = _installed_requirements(deps)
+    assert requirements == project_requirements("gateway", "indexer")
+    assert installed_closure(requirements) & {"torch", "transformers"} == set()
+    assert not any("torch==" in i.args or "download.pytorch.org" in i.args for i in deps)
+
+    runtime = _stage(instructions, "runtime-torch-free")
+    assert runtime[0].args.split()[0] == "python-base"
+    sources = {"--from=deps-torch-free"}
+    assert {i.args.split()[0] for i in runtime if i.keyword == "COPY" and "--from=" in i.args} == sources
+    users = [i.args for i in runtime if i.keyword == "USER"]
+    assert users
+    assert users[-1] not in {"root", "0"}
+    copied = {s.rstrip("/") for i in runtime if i.keyword == "COPY" for s in _copy_sources(i)}
+    assert {"clipsearch", "services"} <= copied
+    assert "tests" not in copied

@@ -57,7 +57,9 @@ async def test_the_right_key_is_accepted_and_health_stays_open(keyed_server: Enc
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_metrics_endpoint_counts_requests_items_and_batches(keyed_server: EncoderServer) -> None:
+async def test_metrics_endpoint_counts_requests_items_and_batches(
+    keyed_server: EncoderServer, tiny_checkpoint: Path
+) -> None:
     async with EncoderClient(f"127.0.0.1:{keyed_server.port}", api_key=API_KEY) as client:
         await client.embed_images([digit_image(1), digit_image(2)])
         await client.embed_texts(["one", "two", "three"])
@@ -71,9 +73,10 @@ async def test_metrics_endpoint_counts_requests_items_and_batches(keyed_server: 
 
     assert value("clipsearch_encoder_requests_total", 'code="OK",method="EmbedImages"') >= 1
     assert value("clipsearch_encoder_requests_total", 'code="OK",method="EmbedText"') >= 1
-    assert value("clipsearch_encoder_items_total", 'kind="image"') >= 2
-    assert value("clipsearch_encoder_items_total", 'kind="text"') >= 3
-    assert value("clipsearch_encoder_batch_size_count", 'kind="image"') >= 1
+    model = f'model="{tiny_checkpoint.name}"'
+    assert value("clipsearch_encoder_items_total", f'kind="image",{model}') >= 2
+    assert value("clipsearch_encoder_items_total", f'kind="text",{model}') >= 3
+    assert value("clipsearch_encoder_batch_size_count", f'kind="image",{model}') >= 1
     assert value("clipsearch_encoder_request_latency_seconds_count", 'method="EmbedText"') >= 1
 
 

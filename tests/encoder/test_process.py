@@ -1,75 +1,30 @@
-"""`python -m services.encoder` as a process: graceful SIGTERM, clear failure on a broken checkpoint."""
+"""`python -m services.encoder` as a process: graceful SIGTERM, clear failures on a broken checkpoint
+or model list."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.stack import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _environment(checkpoint: Path, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ENCODER_CHECKPOINT": str(checkpoint),
-        "ENCODER_HOST": "127.0.0.1",
-        "ENCODER_PORT": str(port),
-        "ENCODER_METRICS_PORT": "0",
-        "ENCODER_SHUTDOWN_GRACE_S": "2",
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
-def _wait_serving(port: int, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                reply = health.Check(
-                    health_pb2.HealthCheckRequest(service="clipsearch.v1.Encoder"), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError("encoder did not become SERVING")
+from clipsearch.processes import free_port, run
+from tests.processes import encoder_env, start
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_server_gracefully(tiny_checkpoint: Path) -> None:
+def test_sigterm_stops_the_server_gracefully(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.encoder"],
-        cwd=REPO,
-        env=_environment(tiny_checkpoint, port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    encoder = start("services.encoder", encoder_env(tiny_checkpoint, port), tmp_path / "encoder.log")
     try:
-        _wait_serving(port, process)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
+        encoder.wait_grpc_serving(f"127.0.0.1:{port}", "clipsearch.v1.Encoder", timeout_s=60)
+        encoder.send_signal(signal.SIGTERM)
+        returncode = encoder.wait(timeout=15)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr
-    assert "encoder stopped" in stderr
+        encoder.kill()
+    assert returncode == 0, encoder.output()
+    assert "encoder stopped" in encoder.output()
 
 
 @pytest.mark.slow
@@ -77,14 +32,27 @@ def test_missing_weights_exit_non_zero_naming_the_file(tiny_checkpoint: Path, tm
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_checkpoint, broken)
     (broken / "model.safetensors").unlink()
-    result = subprocess.run(
-        [sys.executable, "-m", "services.encoder"],
-        cwd=REPO,
-        env=_environment(broken, free_port()),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run("services.encoder", env=encoder_env(broken, free_port()), timeout_s=60)
     assert result.returncode != 0
     assert "model.safetensors" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_model_list_is_refused_with_a_message(tiny_checkpoint: Path) -> None:
+    env = encoder_env(tiny_checkpoint, free_port(), ENCODER_MODELS=f"a={tiny_checkpoint},a=elsewhere")
+    result = run("services.encoder", env=env, timeout_s=60)
+    assert result.returncode == 2
+    assert "'a' is given twice" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_load_stops_the_start_naming_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    models = f"good={tiny_checkpoint},broken={tmp_path / 'nowhere'}"
+    env = encoder_env(tiny_checkpoint, free_port(), ENCODER_MODELS=models)
+    result = run("services.encoder", env=env, timeout_s=60)
+    assert result.returncode == 1
+    assert "model 'broken'" in result.stderr
+    assert "none served" in result.stderr
     assert "Traceback" not in result.stderr

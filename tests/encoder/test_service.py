@@ -86,7 +86,9 @@ async def test_async_client_round_trip(encoder_target: str) -> None:
 
 
 def _batch_count(server: EncoderServer, kind: str) -> float:
-    value = server.metrics.registry.get_sample_value("clipsearch_encoder_batch_size_count", {"kind": kind})
+    value = server.metrics.registry.get_sample_value(
+        "clipsearch_encoder_batch_size_count", {"model": "tiny-clip", "kind": kind}
+    )
     return value or 0.0
 
 

@@ -72,16 +72,33 @@ class Indexed:
     model_name: str
 
 
-async def _embed(target: str, images: list[bytes]) -> tuple[np.ndarray, str, str]:
+async def _embed(target: str, images: list[bytes], model: str) -> tuple[np.ndarray, str, str]:
     async with EncoderClient(target) as client:
-        info = await client.model_info()
-        return await client.embed_images(images), info.fingerprint, info.model_name
+        info = await client.model_info(model)
+        vectors = await client.embed_images(images, model=model)
+        return vectors, info.fingerprint, info.model_name
+
+
+def embed_in_thread(target: str, images: list[bytes], model: str = "") -> tuple[np.ndarray, str, str]:
+    """(vectors, fingerprint, model name) from the real encoder; callable inside a running event
+    loop (async tests), since it runs its own in a worker thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, _embed(target, images, model)).result()
 
 
 def build_index(
-    root: Path, encoder_target: str, *, fingerprint: str | None = None, shifts: tuple[int, ...] = (0, 2)
+    root: Path,
+    encoder_target: str,
+    *,
+    fingerprint: str | None = None,
+    shifts: tuple[int, ...] = (0, 2),
+    collection: str = COLLECTION,
+    model: str = "",
+    recorded_model: str | None = None,
 ) -> Indexed:
-    """Index digit images through the real encoder into an embedded store (closed afterwards)."""
+    """Index digit images through the real encoder (with `model`, when it serves several) into an
+    embedded store, closed afterwards. Each item's style says whether its digit is shifted.
+    `recorded_model`: the model name the version records (default: the one that built it)."""
     media = MediaStore(root / "media")
     items = [
         IndexedItem(str(uuid.uuid4()), label, png, media.put(png))
@@ -89,18 +106,17 @@ def build_index(
         for label in range(10)
         for png in [digit_png(label, shift=shift)]
     ]
-    # In a worker thread: callers may be inside a running event loop (async tests).
-    with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        embedded = worker.submit(asyncio.run, _embed(encoder_target, [i.png for i in items]))
-        vectors, model_fingerprint, model_name = embedded.result()
+    item_shifts = [shift for shift in shifts for _ in range(10)]
+    vectors, model_fingerprint, model_name = embed_in_thread(encoder_target, [i.png for i in items], model)
     store = open_store(None, root / "qdrant")
     try:
         version = store.create_version(
-            COLLECTION,
+            collection,
             dim=vectors.shape[1],
             fingerprint=fingerprint or model_fingerprint,
             vector_names=[IMAGE_VECTOR],
             source="tests",
+            extra={"model_name": recorded_model or model or model_name},
         )
         store.upsert(
             version,
@@ -108,12 +124,18 @@ def build_index(
                 Point(
                     id=item.id,
                     vectors={IMAGE_VECTOR: vector},
-                    payload={"label": item.label, "split": "test", MEDIA_KEY_FIELD: item.media_key},
+                    payload={
+                        "label": item.label,
+                        "split": "test",
+                        "style": "plain" if shift == 0 else "shifted",
+                        "group": "even" if item.label % 2 == 0 else "odd",
+                        MEDIA_KEY_FIELD: item.media_key,
+                    },
                 )
-                for item, vector in zip(items, vectors, strict=True)
+                for item, vector, shift in zip(items, vectors, item_shifts, strict=True)
             ],
         )
-        store.finish_version(COLLECTION, version, keep=1)
+        store.finish_version(collection, version, keep=1)
     finally:
         store.close()
     return Indexed(root / "qdrant", root / "media", items, model_fingerprint, model_name)

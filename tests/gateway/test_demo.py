@@ -85,18 +85,18 @@ def test_demo_serves_search_and_stops_everything_on_sigterm_even_twice(
 def test_demo_distils_a_trained_compact_model_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from scripts import demo
+    from clipsearch import demo
     from training.models import build_compact
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     monkeypatch.delenv("CHECKPOINT", raising=False)
-    monkeypatch.setattr(demo, "DISTILL_STEPS", "2")
+    settings = demo.DemoSettings(distill_steps=2)
     build_compact("tiny-convnext", seed=0).save(tmp_path / demo.TRAINED_CHECKPOINT)
 
-    served = demo.ensure_checkpoint(tmp_path)
+    served = demo.ensure_checkpoint(settings, tmp_path)
     assert served == str(demo.DEFAULT_CHECKPOINT)
     config = json.loads((tmp_path / served / "config.json").read_text())
     assert config["text_config"]["num_hidden_layers"] == int(demo.DISTILLED_TEXT_LAYERS)
-    assert demo.ensure_checkpoint(tmp_path) == served  # the second run reuses it
+    assert demo.ensure_checkpoint(settings, tmp_path) == served  # the second run reuses it
     assert "already trained" in capsys.readouterr().out.splitlines()[-1]

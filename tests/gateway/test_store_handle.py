@@ -9,7 +9,7 @@ from typing import Any
 
 from clipsearch.store import open_store
 from services.gateway.deps import build_core
-from services.gateway.search import QueryOptions
+from services.gateway.schemas import TextQuery
 from services.gateway.store_handle import StoreHandle
 from tests.gateway.conftest import Indexed, settings_for
 
@@ -30,16 +30,16 @@ async def test_edge_searches_run_on_the_event_loop_thread(indexed: Indexed, enco
     # Edge holds the GIL while it searches: a worker thread would add hand-offs and no parallelism.
     core = build_core(settings_for(indexed, encoder_target))
     threads: list[str] = []
-    original = core.store.call
+    original = core.collections.store.call
 
     def recording(call: Callable[[Any], Any]) -> Any:
         threads.append(threading.current_thread().name)
         return original(call)
 
-    core.store.call = recording  # type: ignore[method-assign]
+    core.collections.store.call = recording  # type: ignore[method-assign]
     try:
-        await core.search_text("seven", QueryOptions(k=3))  # opens the store, in a worker thread
-        found = await core.search_text("the number seven", QueryOptions(k=3))  # searches it inline
+        await core.search_text(TextQuery(query="seven", k=3))  # opens the store, in a worker thread
+        found = await core.search_text(TextQuery(query="the number seven", k=3))  # searches it inline
     finally:
         await core.close()
     assert len(found.hits) == 3

@@ -16,20 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.stack import free_port, stop
+from clipsearch.processes import free_port, run
 from clipsearch.store import open_store
 from services.gateway.app import create_app
 from services.indexer.__main__ import main as indexer_main
 from services.indexer.sources import item_id
 from tests.gateway.conftest import Indexed, serving
 from tests.hardening.conftest import hardening_settings
-from tests.hardening.processes import (
-    encoder_env,
-    python_env,
-    start,
-    wait_encoder_serving,
-)
 from tests.indexer.conftest import write_mnist
+from tests.processes import encoder_env, python_env, start
 
 API = "/api/v1"
 CLIENTS = 4
@@ -62,7 +57,7 @@ async def test_encoder_killed_under_load_is_503_then_recovers(
             await asyncio.sleep(0.02)
 
     try:
-        await asyncio.to_thread(wait_encoder_serving, port, encoder, log)
+        await asyncio.to_thread(encoder.wait_grpc_serving, f"127.0.0.1:{port}")
         async with serving(create_app(settings)) as client:
             load = [asyncio.create_task(client_loop(client, n)) for n in range(CLIENTS)]
             await asyncio.sleep(1.0)
@@ -72,7 +67,7 @@ async def test_encoder_killed_under_load_is_503_then_recovers(
             await asyncio.sleep(2.0)  # the load goes on against a dead encoder
             restarted_at = time.monotonic()
             encoder = start("services.encoder", env, log)
-            await asyncio.to_thread(wait_encoder_serving, port, encoder, log)
+            await asyncio.to_thread(encoder.wait_grpc_serving, f"127.0.0.1:{port}")
             back_at = time.monotonic()
             while not any(sent > back_at and status == 200 for sent, status, _ in results):
                 assert time.monotonic() - back_at < 30, "the gateway did not recover"
@@ -81,7 +76,7 @@ async def test_encoder_killed_under_load_is_503_then_recovers(
             stopping.set()
             await asyncio.gather(*load)
     finally:
-        stop(encoder)
+        encoder.stop()
     statuses = {status for _, status, _ in results}
     assert statuses <= {200, 503}, statuses
     during = [status for sent, status, _ in results if killed_at + 0.2 < sent < restarted_at]
@@ -138,13 +133,7 @@ def test_indexer_killed_at_random_points_loses_and_duplicates_nothing(
             kills += 1
         process.wait(timeout=30)
     assert kills >= 2, "the runs finished before they could be killed"
-    final = subprocess.run(
-        [sys.executable, "-m", "services.indexer", *args],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    final = run("services.indexer", *args, env=python_env(), timeout_s=300)
     assert final.returncode == 0, final.stderr
     store = open_store(None, tmp_path / "qdrant")
     try:
@@ -255,13 +244,7 @@ def test_encoder_refuses_a_corrupt_weights_file(tiny_checkpoint: Path, tmp_path:
     weights.write_bytes(
         b"\x07not safetensors at all" * 100 if damage == "garbage" else data[: len(data) // 2]
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "services.encoder"],
-        env=encoder_env(broken, free_port()),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run("services.encoder", env=encoder_env(broken, free_port()), timeout_s=120)
     assert result.returncode != 0
     assert "model.safetensors" in result.stderr
     assert "Traceback" not in result.stderr

@@ -14,20 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.stack import free_port, stop
 from clipsearch.batching import MicroBatcher, on_executor
+from clipsearch.processes import free_port, rss_kib
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
 from tests.gateway.conftest import build_index, digit_png
-from tests.hardening.processes import (
-    encoder_env,
-    python_env,
-    rss_kib,
-    start,
-    wait_encoder_serving,
-    wait_http_ready,
-)
+from tests.processes import encoder_env, gateway_env, start
 
 SOAK_SECONDS = float(os.environ.get("CLIPSEARCH_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 16
@@ -91,7 +84,12 @@ async def test_short_deadlines_under_overload_end_promptly_and_their_work_is_dro
 
             outcomes = await asyncio.gather(*[one() for _ in range(calls)])
             await asyncio.sleep(1.0)  # let anything still running finish
-            embedded = server.metrics.items.labels(kind="image")._value.get()
+            embedded = sum(  # over every model the server runs (one here)
+                sample.value
+                for metric in server.metrics.items.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.labels["kind"] == "image"
+            )
             after = await stub.EmbedImages(
                 encoder_pb2.EmbedImagesRequest(images=request.images[:1]), timeout=10
             )
@@ -123,26 +121,23 @@ def test_soak_mixed_queries_against_the_full_stack(
         encoder_env(tiny_checkpoint, encoder_port, ENCODER_API_KEY=ENCODER_KEY),
         encoder_log,
     )
-    gateway_env = python_env(
-        GATEWAY_ENCODER=f"127.0.0.1:{encoder_port}",
+    gateway_variables = gateway_env(
+        encoder_port,
+        indexed.store_path,
+        indexed.media_dir,
+        http_port,
         GATEWAY_ENCODER_API_KEY=ENCODER_KEY,
         GATEWAY_API_KEY=GATEWAY_KEY,
-        GATEWAY_STORE_PATH=str(indexed.store_path),
-        GATEWAY_MEDIA_DIR=str(indexed.media_dir),
-        GATEWAY_COLLECTION="digits",
-        GATEWAY_HOST="127.0.0.1",
-        GATEWAY_HTTP_PORT=str(http_port),
-        GATEWAY_GRPC_PORT=str(free_port()),
     )
-    gateway = start("services.gateway", gateway_env, gateway_log)
+    gateway = start("services.gateway", gateway_variables, gateway_log)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        wait_encoder_serving(encoder_port, encoder, encoder_log)
-        wait_http_ready(url, gateway, gateway_log)
+        encoder.wait_grpc_serving(f"127.0.0.1:{encoder_port}")
+        gateway.wait_http_ready(f"{url}/readyz")
         report = asyncio.run(_soak(url, {"encoder": encoder.pid, "gateway": gateway.pid}))
     finally:
-        stop(gateway)
-        stop(encoder)
+        gateway.stop()
+        encoder.stop()
     latencies = np.asarray(report.latencies) * 1000
     p50, p99 = np.percentile(latencies, [50, 99])
     growth = {

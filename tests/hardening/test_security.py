@@ -17,7 +17,7 @@ from services.gateway.app import create_app
 from tests.gateway.conftest import Indexed, serving
 from tests.hardening.bad_inputs import real_bomb_png, valid_images
 from tests.hardening.conftest import MAX_UPLOAD_BYTES, hardening_settings
-from tests.hardening.processes import REPO
+from tests.processes import REPO
 
 API = "/api/v1"
 PRODUCT_DIRS = ("clipsearch", "services", "training", "scripts", "bench")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from clipsearch.processes import run
 from clipsearch.store import open_store
 from services.indexer.__main__ import main
 from tests.indexer.conftest import write_mnist
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import REPO, python_env, start
 
 
 def cli_args(tmp_path: Path, encoder: str, *extra: str) -> list[str]:
@@ -86,8 +83,7 @@ def test_bad_settings_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_a_killed_run_resumes_without_duplicates(tmp_path: Path, encoder_target: str) -> None:
     write_mnist(tmp_path / "mnist", test=1500, train=0)
     args = cli_args(tmp_path, encoder_target, "--concurrency", "1")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "services.indexer", *args], cwd=REPO, env=env)
+    process = start("services.indexer", python_env(), tmp_path / "indexer.log", *args)
     media = tmp_path / "media"
     deadline = time.monotonic() + 120
     while not (media.is_dir() and len(list(media.glob("*.png"))) >= 40) and process.poll() is None:
@@ -104,9 +100,7 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path: Path, encoder_target:
         store.close()
     assert 0 < partial < 1500
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "services.indexer", *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    resumed = run("services.indexer", *args, env=python_env(), cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     store = open_store(None, tmp_path / "qdrant")

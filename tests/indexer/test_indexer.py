@@ -6,10 +6,12 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from clipsearch.checkpoint import weights_fingerprint
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.media import MediaStore
 from clipsearch.store import CAPTION_VECTOR, IMAGE_VECTOR, FingerprintMismatch, StoreUnavailable, open_store
@@ -62,6 +64,7 @@ async def test_both_splits_are_indexed(make_settings: MakeSettings, mnist_files:
     assert (report.indexed, report.count) == (64, 64)
 
 
+@pytest.mark.slow
 async def test_rerunning_gives_the_same_ids_and_no_duplicates(
     make_settings: MakeSettings, mnist_files: Path
 ) -> None:
@@ -253,3 +256,68 @@ async def test_a_store_held_by_another_process_is_a_clear_error(
             await run_index(settings)
     finally:
         holder.close()
+
+
+class ThreadRecordingStore:
+    """A real store that notes, for each call, whether it ran on the event loop's thread."""
+
+    def __init__(self, store: Any, loop_thread: int) -> None:
+        self._store = store
+        self._loop_thread = loop_thread
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, threading.get_ident() == self._loop_thread))
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+async def test_store_calls_run_off_the_event_loop(make_settings: MakeSettings, image_folder: Path) -> None:
+    settings = make_settings(source="folder", folder=image_folder, collection="pets")
+    store = open_store(None, settings.store_path)
+    recording = ThreadRecordingStore(store, threading.get_ident())
+    try:
+        await run_index(settings, store=recording)  # type: ignore[arg-type]
+        (image_folder / "cats" / "1.png").unlink()
+        incremental = make_settings(
+            source="folder", folder=image_folder, collection="pets", mode="incremental"
+        )
+        report = await run_index(incremental, store=recording)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert (report.deleted, report.count) == (1, 5)
+    called = {name for name, _ in recording.calls}
+    expected = {"collection_info", "pending_version", "create_version", "ids", "delete", "upsert", "count"}
+    assert expected | {"finish_version"} <= called
+    assert [name for name, on_loop in recording.calls if on_loop] == []
+
+
+async def test_indexer_model_names_the_encoder_model_that_embeds_the_collection(
+    make_settings: MakeSettings,
+    mnist_files: Path,
+    two_model_encoder: Any,
+    other_tiny_checkpoint: Path,
+) -> None:
+    target = f"127.0.0.1:{two_model_encoder.port}"
+    settings = make_settings(encoder=target, model="second", limit=8)
+    report = await run_index(settings)
+    assert report.indexed == 8
+    store = open_store(None, settings.store_path)
+    try:
+        info = store.collection_info(settings.collection)
+        assert info is not None
+        assert info.fingerprint == weights_fingerprint(other_tiny_checkpoint)
+        (hit,) = store.search(settings.collection, np.ones(16, dtype=np.float32), k=1)
+    finally:
+        store.close()
+    assert hit.payload["model_fingerprint"] == info.fingerprint
+    with pytest.raises(IndexerError, match="first, second"):  # several models: the run must name one
+        await run_index(make_settings(encoder=target))
+    with pytest.raises(IndexerError, match="third"):
+        await run_index(make_settings(encoder=target, model="third"))

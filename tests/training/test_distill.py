@@ -69,6 +69,7 @@ def test_corpus_draws_on_extra_lines(teacher_dir: Path) -> None:
     assert "a dog on a beach" in corpus.batch(50)
 
 
+@pytest.mark.slow
 def test_distilled_student_loads_through_the_real_loader_and_follows_its_teacher(
     teacher_dir: Path, tmp_path: Path
 ) -> None:
@@ -109,6 +110,7 @@ def test_distilled_student_loads_through_the_real_loader_and_follows_its_teacher
     assert record["result"]["kept_layers"] == [0, 5]
 
 
+@pytest.mark.slow
 def test_cli_distils_and_reports(
     teacher_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

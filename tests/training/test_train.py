@@ -39,6 +39,7 @@ def _check_evaluation(checkpoint: Path, data: DataConfig, labelled: bool) -> dic
     return metrics
 
 
+@pytest.mark.slow
 def test_caption_csv_end_to_end(tmp_path: Path, caption_csv: Path) -> None:
     data = DataConfig(kind="captions", captions_csv=caption_csv, val_fraction=0.2)
     result = train(tiny_config(tmp_path, data, epochs=3))
@@ -49,6 +50,7 @@ def test_caption_csv_end_to_end(tmp_path: Path, caption_csv: Path) -> None:
     _check_evaluation(result.output, data, labelled=False)
 
 
+@pytest.mark.slow
 def test_class_folders_end_to_end(tmp_path: Path, class_folder: Path) -> None:
     data = DataConfig(kind="folders", image_folder=class_folder, val_fraction=0.25)
     result = train(tiny_config(tmp_path, data))
@@ -57,6 +59,7 @@ def test_class_folders_end_to_end(tmp_path: Path, class_folder: Path) -> None:
     assert metrics["images"] == 24
 
 
+@pytest.mark.slow
 def test_mnist_idx_end_to_end_with_cli(tmp_path: Path, mnist_idx_dir: Path) -> None:
     output = tmp_path / "mnist-tiny"
     code = train_main(
@@ -91,6 +94,7 @@ def test_mnist_idx_end_to_end_with_cli(tmp_path: Path, mnist_idx_dir: Path) -> N
     assert {"embedding_map.png", "similarity_heatmap.png", "retrieval_grid.png"} == set(metrics["pictures"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["tiny", "tiny-convnext"])
 def test_saved_checkpoint_embeds_like_the_training_process(
     tmp_path: Path, mnist_idx_dir: Path, model_name: str

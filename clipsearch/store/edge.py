@@ -2,12 +2,13 @@
 
 Layout under the root directory:
 
-    root/.lock                     fcntl lock: one process owns the store at a time
-    root/manifest.json             aliases -> live version, per-version metadata (atomic rewrite)
+    root/.edge.lock                fcntl lock: one process owns the store at a time
+    root/manifest.json             aliases -> live version, per-version manifest (atomic rewrite)
     root/collections/<version>/    one Edge shard per physical collection (WAL + segments)
 
 Unlike qdrant-client's local mode (brute force in Python), Edge builds HNSW and payload
-indexes, so search stays in the sub-millisecond range at 100k points.
+indexes, so search stays in the sub-millisecond range at 100k points. This is the only module
+that imports `qdrant_edge`; `open_store` loads it only when an Edge store is opened.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,30 +29,32 @@ from typing import IO, Any
 import numpy as np
 import qdrant_edge as qe
 
-from clipsearch.store import (
+from clipsearch.store.base import (
     FILTERABLE_FIELDS,
-    IMAGE_VECTOR,
     CollectionInfo,
+    CollectionNotFound,
     Point,
     SearchHit,
     StoreError,
     StoreUnavailable,
     validate_filter,
-    versions_prefix,
 )
+from clipsearch.store.versions import VersionedStore, describe, in_use, version_number
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".edge.lock"  # not ".lock": that is qdrant-client local mode's lock file
 COLLECTIONS_DIR = "collections"
 _UPSERT_BATCH = 1024
-# Manifest entries reported in CollectionInfo.extra (as QdrantStore reports them).
-_EXTRA_KEYS = ("source", "created_at", "finished_at")
 _SCROLL_PAGE = 10_000
+# Kept in each version's manifest entry for stores written before the version policy was shared;
+# the policy itself reads alias and number from the name.
+_EDGE_KEYS = ("alias", "number")
 
 
 @dataclass(frozen=True)
 class EdgeTuning:
-    """HNSW and optimiser settings (measured with bench/store.py)."""
+    """HNSW and optimiser settings (measured with bench/store.py). Pass one to EdgeStore to
+    change them, for example by the expected collection size."""
 
     m: int = 16
     ef_construct: int = 128
@@ -100,15 +102,14 @@ def _payload_schema(kind: type) -> qe.PayloadSchemaType:
     return qe.PayloadSchemaType.Integer if kind is int else qe.PayloadSchemaType.Keyword
 
 
-def edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
-    """A validated user filter ({"label": 7}, {"label": [1, 7]}) as an Edge filter (fields ANDed)."""
-    if not validate_filter(spec):
+def to_edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
+    """A user filter ({"label": 7}, {"label": [1, 7]}) as an Edge filter (fields ANDed)."""
+    checked = validate_filter(spec)
+    if not checked:
         return None
-    assert spec is not None
     conditions: list[Any] = []
-    for key, value in spec.items():
-        kind = FILTERABLE_FIELDS[key]
-        values = [int(v) if kind is int else v for v in (value if isinstance(value, list) else [value])]
+    for key, value in checked.items():
+        values = value if isinstance(value, list) else [value]
         match: Any = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(values)
         conditions.append(qe.FieldCondition(key=key, match=match))
     return qe.Filter(must=conditions)
@@ -126,7 +127,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class EdgeStore:
+class EdgeStore(VersionedStore):
     """`VectorStore` on Qdrant Edge shards under one root directory, owned by one process."""
 
     # Sub-millisecond to a few ms per search, GIL held throughout (see VectorStore.in_process).
@@ -143,7 +144,7 @@ class EdgeStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the store directory {self.root}: {exc}") from exc
         self._lock_file = self._acquire_lock()
-        self._manifest = self._read_manifest()
+        self._state = self._read_manifest()
         self._remove_orphans()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -154,11 +155,7 @@ class EdgeStore:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             handle.close()
-            raise StoreUnavailable(
-                f"the embedded vector store at {self.root} is in use by another process (for example the "
-                "gateway). The embedded store allows one process at a time: run the indexer before "
-                "starting the gateway, or point both at a Qdrant server URL."
-            ) from exc
+            raise in_use(self.root) from exc
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -190,24 +187,24 @@ class EdgeStore:
         if not (self.root / COLLECTIONS_DIR).is_dir():
             raise StoreUnavailable(f"the embedded store directory {self.root} is gone")
 
-    # --- manifest --------------------------------------------------------------------------
+    # --- the manifest file -----------------------------------------------------------------
 
     def _read_manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST_NAME
         if not path.exists():
             return {"aliases": {}, "versions": {}}
         try:
-            manifest: dict[str, Any] = json.loads(path.read_text())
+            state: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"the store manifest {path} is unreadable: {exc}") from exc
-        return manifest
+        return state
 
     def _write_manifest(self) -> None:
         """Write-to-temp, fsync, rename: readers of the file see the old or the new manifest, whole."""
         path = self.root / MANIFEST_NAME
         temp = path.with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp")
         with open(temp, "w") as handle:
-            json.dump(self._manifest, handle, indent=1, sort_keys=True)
+            json.dump(self._state, handle, indent=1, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -216,29 +213,17 @@ class EdgeStore:
     def _remove_orphans(self) -> None:
         """Shard directories the manifest does not name: left by a crash mid-create or mid-drop."""
         for entry in (self.root / COLLECTIONS_DIR).iterdir():
-            if entry.name not in self._manifest["versions"]:
+            if entry.name not in self._state["versions"]:
                 shutil.rmtree(entry, ignore_errors=True)
         for temp in self.root.glob(f".{MANIFEST_NAME}.*.tmp"):
             temp.unlink(missing_ok=True)
-
-    def _meta(self, collection: str) -> dict[str, Any]:
-        meta: dict[str, Any] | None = self._manifest["versions"].get(collection)
-        if meta is None:
-            raise StoreError(f"collection {collection!r} does not exist")
-        return meta
-
-    def _resolve(self, name_or_alias: str) -> str | None:
-        live: str | None = self._manifest["aliases"].get(name_or_alias)
-        if live is not None:
-            return live
-        return name_or_alias if name_or_alias in self._manifest["versions"] else None
 
     def _shard(self, collection: str) -> qe.EdgeShard:
         self.ping()
         with self._guard:
             shard = self._shards.get(collection)
             if shard is None:
-                self._meta(collection)
+                self._manifest(collection)
                 try:
                     shard = qe.EdgeShard.load(str(self.root / COLLECTIONS_DIR / collection))
                 except Exception as exc:  # Edge raises bare Exception
@@ -246,50 +231,80 @@ class EdgeStore:
                 self._shards[collection] = shard
             return shard
 
-    # --- read side -------------------------------------------------------------------------
+    # --- primitives of the version policy ---------------------------------------------------
 
-    def collection_info(self, name_or_alias: str) -> CollectionInfo | None:
-        with self._guard:
-            name = self._resolve(name_or_alias)
-            if name is None:
-                return None
-            meta = dict(self._meta(name))
-            alias = next((a for a, live in self._manifest["aliases"].items() if live == name), None)
-        return CollectionInfo(
-            name=name,
-            alias=alias,
-            fingerprint=meta["fingerprint"],
-            dim=int(meta["dim"]),
-            vector_names=sorted(meta["vector_names"]),
-            count=self.count(name),
-            complete=bool(meta["complete"]),
-            extra={key: meta[key] for key in _EXTRA_KEYS if key in meta},
-        )
+    def _op(self, action: str) -> AbstractContextManager[object]:
+        return self._guard  # the methods below raise StoreError themselves
 
-    def search(
-        self,
-        name_or_alias: str,
-        vector: np.ndarray,
-        *,
-        using: str = IMAGE_VECTOR,
-        k: int = 10,
-        offset: int = 0,
-        filter: dict[str, Any] | None = None,
-    ) -> list[SearchHit]:
-        condition = edge_filter(filter)
-        with self._guard:
-            name = self._resolve(name_or_alias)
-            if name is None:
-                raise StoreError(f"collection {name_or_alias!r} does not exist")
-            meta = self._meta(name)
-        if using not in meta["vector_names"]:
-            raise StoreError(
-                f"collection {name!r} has no {using!r} vectors (has: {', '.join(meta['vector_names'])})"
+    def _names(self) -> list[str]:
+        return list(self._state["versions"])
+
+    def _aliases(self) -> dict[str, str]:
+        return dict(self._state["aliases"])
+
+    def _manifest(self, name: str) -> dict[str, Any]:
+        entry: dict[str, Any] | None = self._state["versions"].get(name)
+        if entry is None:
+            raise CollectionNotFound(f"collection {name!r} does not exist")
+        return {key: value for key, value in entry.items() if key not in _EDGE_KEYS}
+
+    def _describe(self, name: str, alias: str | None) -> CollectionInfo | None:
+        if name not in self._state["versions"]:
+            return None
+        return describe(name, alias, self._manifest(name), self.count(name))
+
+    def _create(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        self.ping()
+        path = self.root / COLLECTIONS_DIR / name
+        try:
+            shard = qe.EdgeShard.create(
+                str(path), self.tuning.edge_config(manifest["dim"], manifest["vector_names"])
             )
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != int(meta["dim"]):
+            for field_name, kind in FILTERABLE_FIELDS.items():
+                shard.update(qe.UpdateOperation.create_field_index(field_name, _payload_schema(kind)))
+            shard.flush()
+        except Exception as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
+        self._shards[name] = shard
+        self._state["versions"][name] = {"alias": alias, "number": version_number(name, alias), **manifest}
+        self._write_manifest()
+
+    def _publish(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        shard = self._shard(name)
+        try:
+            shard.optimize()  # builds the HNSW graph and merges segments before readers switch over
+            shard.flush()
+        except Exception as exc:
+            raise StoreError(f"indexing {name!r} failed: {exc}") from exc
+        self._state["versions"][name].update(manifest)
+        self._state["aliases"][alias] = name
+        self._write_manifest()  # the alias swap: one atomic rename
+
+    def _drop(self, names: Sequence[str]) -> None:
+        for name in names:
+            del self._state["versions"][name]
+        self._write_manifest()  # forget first: a crash mid-delete leaves orphans, removed on open
+        for name in names:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()
+            shutil.rmtree(self.root / COLLECTIONS_DIR / name, ignore_errors=True)
+
+    def _search(
+        self, name_or_alias: str, query: np.ndarray, *, using: str, k: int, offset: int, filter: Any
+    ) -> list[SearchHit]:
+        condition = to_edge_filter(filter)
+        with self._guard:
+            name = self._state["aliases"].get(name_or_alias, name_or_alias)
+            manifest = self._manifest(name)
+        if using not in manifest["vector_names"]:
             raise StoreError(
-                f"query vector has {query.shape[0]} dimensions; collection {name!r} has {meta['dim']}"
+                f"collection {name!r} has no {using!r} vectors (has: {', '.join(manifest['vector_names'])})"
+            )
+        if query.shape[0] != int(manifest["dim"]):
+            raise StoreError(
+                f"query vector has {query.shape[0]} dimensions; collection {name!r} has {manifest['dim']}"
             )
         if k <= 0:
             return []
@@ -309,55 +324,16 @@ class EdgeStore:
             raise StoreError(f"search in {name!r} failed: {exc}") from exc
         return [SearchHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
 
-    # --- write side ------------------------------------------------------------------------
+    def _facet(self, name: str, key: str, limit: int) -> list[tuple[Any, int]]:
+        try:
+            found = self._shard(name).facet(qe.FacetRequest(key, limit=limit, exact=True))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"listing the values of {key!r} in {name!r} failed: {exc}") from exc
+        return [(hit.value, int(hit.count)) for hit in found.hits]
 
-    def create_version(
-        self, alias: str, *, dim: int, fingerprint: str, vector_names: Sequence[str], source: str
-    ) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", alias) or "__v" in alias:
-            raise StoreError(f"collection name {alias!r} must be letters, digits, '_', '-' or '.' (no '__v')")
-        if dim <= 0 or not vector_names:
-            raise StoreError("a collection needs a positive dimension and at least one vector name")
-        self.ping()
-        with self._guard:
-            number = time.time_ns() // 1000  # microseconds: sorts by creation time (as QdrantStore)
-            while f"{versions_prefix(alias)}{number}" in self._manifest["versions"]:
-                number += 1
-            name = f"{versions_prefix(alias)}{number}"
-            path = self.root / COLLECTIONS_DIR / name
-            try:
-                shard = qe.EdgeShard.create(str(path), self.tuning.edge_config(dim, vector_names))
-                for field_name, kind in FILTERABLE_FIELDS.items():
-                    shard.update(qe.UpdateOperation.create_field_index(field_name, _payload_schema(kind)))
-                shard.flush()
-            except Exception as exc:
-                shutil.rmtree(path, ignore_errors=True)
-                raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
-            self._shards[name] = shard
-            self._manifest["versions"][name] = {
-                "alias": alias,
-                "number": number,
-                "dim": int(dim),
-                "fingerprint": fingerprint,
-                "vector_names": list(vector_names),
-                "source": source,
-                "complete": False,
-                "created_at": time.time(),
-            }
-            self._write_manifest()
-            return name
-
-    def pending_version(self, alias: str, *, fingerprint: str, source: str) -> str | None:
-        with self._guard:
-            candidates = [
-                (meta["number"], name)
-                for name, meta in self._manifest["versions"].items()
-                if meta["alias"] == alias
-                and not meta["complete"]
-                and meta["fingerprint"] == fingerprint
-                and meta["source"] == source
-            ]
-        return max(candidates)[1] if candidates else None
+    # --- the rest of VectorStore ------------------------------------------------------------
 
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
@@ -400,70 +376,3 @@ class EdgeStore:
 
     def count(self, collection: str) -> int:
         return int(self._shard(collection).count(qe.CountRequest(exact=True)))
-
-    def finish_version(self, alias: str, collection: str, *, keep: int) -> None:
-        with self._guard:
-            meta = self._meta(collection)
-            if meta["alias"] != alias:
-                raise StoreError(f"collection {collection!r} belongs to {meta['alias']!r}, not {alias!r}")
-            shard = self._shard(collection)
-            try:
-                shard.optimize()  # builds the HNSW graph and merges segments before readers switch over
-                shard.flush()
-            except Exception as exc:
-                raise StoreError(f"indexing {collection!r} failed: {exc}") from exc
-            meta.update(complete=True, finished_at=time.time())
-            self._manifest["aliases"][alias] = collection
-            self._write_manifest()  # the alias swap: one atomic rename
-        self.prune_versions(alias, keep=keep)
-
-    def versions(self, alias: str) -> list[CollectionInfo]:
-        """All versions of `alias`, newest first."""
-        with self._guard:
-            ordered = sorted(
-                (
-                    (meta["number"], name)
-                    for name, meta in self._manifest["versions"].items()
-                    if meta["alias"] == alias
-                ),
-                reverse=True,
-            )
-        found = [self.collection_info(name) for _, name in ordered]
-        return [info for info in found if info is not None]
-
-    def prune_versions(self, alias: str, *, keep: int) -> list[str]:
-        """Drop complete versions beyond the newest `keep` (the live one always stays), and
-        unfinished builds older than the live version (abandoned). Returns the dropped names."""
-        with self._guard:
-            live = self._manifest["aliases"].get(alias)
-            live_number = self._manifest["versions"][live]["number"] if live else None
-            ordered = sorted(
-                (
-                    (meta["number"], name, meta)
-                    for name, meta in self._manifest["versions"].items()
-                    if meta["alias"] == alias
-                ),
-                reverse=True,
-            )
-            dropped: list[str] = []
-            kept_complete = 0
-            for number, name, meta in ordered:
-                if name == live:
-                    kept_complete += 1
-                elif meta["complete"]:
-                    kept_complete += 1
-                    if kept_complete > max(keep, 1):
-                        dropped.append(name)
-                elif live_number is not None and number < live_number:
-                    dropped.append(name)  # an abandoned build; newer ones may still be running
-            if not dropped:
-                return []
-            for name in dropped:
-                del self._manifest["versions"][name]
-            self._write_manifest()  # forget first: a crash mid-delete leaves orphans, removed on open
-            for name in dropped:
-                shard = self._shards.pop(name, None)
-                if shard is not None:
-                    shard.close()
-                shutil.rmtree(self.root / COLLECTIONS_DIR / name, ignore_errors=True)
-            return dropped
