@@ -152,7 +152,11 @@ def test_drawing_a_digit_shows_result_images(browser_type: BrowserType, page_url
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(page_url)
         page.wait_for_selector("#model-badge:not(.muted)")
-        page.click("#tab-draw")
+        # The tabs follow the keyboard pattern: an arrow key moves to the next one.
+        page.focus("#tab-text")
+        page.keyboard.press("ArrowRight")
+        page.locator("#pane-draw").wait_for(state="visible")
+        assert page.evaluate("document.activeElement.id") == "tab-draw"
         _draw(page, SEVEN)
         # The canvas exports black strokes on white: corner white, a stroke pixel black.
         corner, ink = page.evaluate(
