@@ -247,12 +247,50 @@ def looks_like_mnist(image: Image.Image) -> bool:
     total = float(gray.sum())
     off_y = float((ys * gray).sum()) / total / height - 0.5
     off_x = float((xs * gray).sum()) / total / width - 0.5
-    return max(abs(off_y), abs(off_x)) <= _MNIST_CENTRE_OFF
+    return bool(max(abs(off_y), abs(off_x)) <= _MNIST_CENTRE_OFF)
 
 
-DOMAIN_TESTS: dict[SketchNormalization, DomainTest] = {
-    SketchNormalization.NONE: lambda image: True,  # nothing to bring it into
-    SketchNormalization.MNIST: looks_like_mnist,
+# A line-art (emoji) model's images: colour emoji, and OpenMoji's black line art on white. A colour
+# picture is in that domain (an emoji, or a photo the line-art normalisation could only spoil); a grey
+# one is when it is a digital image on clean white with line art's strokes and size, or a solid shape
+# (a grey emoji). A drawing on paper, scanned or photographed, has no clean white around it. Over the
+# emoji collection's 4 x 1,906 images these keep 96% (colour styles) to 99% (line art) as they are.
+_LINE_ART_COLOUR_SHARE = 0.02  # pixels whose R, G, B spread past 48: a colour picture
+_LINE_ART_CLEAN_BORDER = 0.5  # share of the outer ring (1/14 of the side) at 250 or brighter
+_LINE_ART_SOLID_SHARE = 0.25  # ink covering this much is a shape, not strokes
+_LINE_ART_STROKE = (0.015, 0.055)  # stroke width over the side (OpenMoji: 2.25 px of 72 = 0.031)
+_LINE_ART_BOX = (0.45, 0.95)  # longer side of the ink's box over the side (OpenMoji: 56 of 72)
+
+
+def looks_like_line_art(image: Image.Image) -> bool:
+    """True when `image` (decoded RGB, transparency on white) already looks like an emoji collection's
+    images (the `line-art` normalisation's domain)."""
+    rgb = np.asarray(_domain_probe(image), dtype=np.int16)
+    if float(((rgb.max(axis=2) - rgb.min(axis=2)) > 48).mean()) >= _LINE_ART_COLOUR_SHARE:
+        return True
+    gray = rgb.mean(axis=2)
+    height, width = gray.shape
+    ring = max(1, round(min(width, height) / 14))
+    border = np.concatenate(
+        [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
+    )
+    if float((border >= 250).mean()) < _LINE_ART_CLEAN_BORDER:
+        return False
+    ink = gray < 128
+    if not ink.any() or float(ink.mean()) >= _LINE_ART_SOLID_SHARE:
+        return True
+    rows, cols = np.nonzero(ink)
+    box = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / max(width, height)
+    stroke = _stroke_width(ink) / max(width, height)
+    thin = _LINE_ART_STROKE[0] <= stroke <= _LINE_ART_STROKE[1]
+    return bool(thin and _LINE_ART_BOX[0] <= box <= _LINE_ART_BOX[1])
+
+
+# Keyed by the normalisation's name as checkpoints record it (SketchNormalization values).
+DOMAIN_TESTS: dict[str, DomainTest] = {
+    "none": lambda image: True,  # nothing to bring it into
+    "mnist": looks_like_mnist,
+    "line-art": looks_like_line_art,
 }
 
 
@@ -261,7 +299,7 @@ def in_domain(image: Image.Image, mode: SketchNormalization) -> bool:
 
     A normalisation without a test (tests require one each) leaves every picture as it is.
     """
-    test = DOMAIN_TESTS.get(mode)
+    test = DOMAIN_TESTS.get(mode.value)
     return True if test is None else test(image)
 
 

@@ -15,12 +15,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError, StoreUnavailable
+from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError
 
 _ALIAS = re.compile(r"[A-Za-z0-9_.-]+")
 _SEPARATOR = "__v"
@@ -98,14 +97,6 @@ def to_prune(newest_first: Sequence[tuple[str, bool]], live: str | None, keep: i
     return dropped
 
 
-def in_use(path: str | Path) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"the embedded vector store at {path} is in use by another process (for example the "
-        "gateway). The embedded store allows one process at a time: run the indexer before "
-        "starting the gateway, or point both at a Qdrant server URL."
-    )
-
-
 class VersionedStore(ABC):
     """The VectorStore methods that are policy, over the backend primitives below."""
 
@@ -140,7 +131,8 @@ class VersionedStore(ABC):
         """Write the manifest of `name` and point `alias` at it; readers see the old or the new."""
 
     @abstractmethod
-    def _drop(self, names: Sequence[str]) -> None: ...
+    def _drop(self, names: Sequence[str]) -> list[str]:
+        """Drop the versions `names`; returns those dropped (a backend may keep one still in use)."""
 
     @abstractmethod
     def _search(
@@ -262,6 +254,4 @@ class VersionedStore(ABC):
                 (name, bool(self._manifest(name).get("complete"))) for name in self._newest_first(alias)
             ]
             dropped = to_prune(newest_first, live, keep)
-            if dropped:
-                self._drop(dropped)
-        return dropped
+            return self._drop(dropped) if dropped else []

@@ -178,6 +178,8 @@ class SearchCore:
         try:
             collection = await self.collections.get()
             info = await collection.info(refresh=True)
+            # The live version opens here (another process may hold it: the embedded store).
+            await collection.call(lambda store: store.count(info.name))
             model = await self.embedder.model(info.fingerprint, _built_by(info))
             status.model, status.fingerprint = model.model_name, model.fingerprint
         except Unavailable as exc:

@@ -64,9 +64,11 @@ def test_an_unreachable_encoder_is_a_clear_error(
 def test_a_locked_store_is_a_clear_error(
     tmp_path: Path, mnist_files: Path, encoder_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert main(cli_args(tmp_path, encoder_target)) == 0
     holder = open_store(None, tmp_path / "qdrant")
     try:
-        assert main(cli_args(tmp_path, encoder_target)) == 1
+        assert holder.collection_info("digits") is not None  # holds the live version, as a gateway does
+        assert main(cli_args(tmp_path, encoder_target, "--mode", "incremental")) == 1  # writes into it
     finally:
         holder.close()
     err = capsys.readouterr().err

@@ -250,12 +250,16 @@ async def test_a_store_held_by_another_process_is_a_clear_error(
     make_settings: MakeSettings, mnist_files: Path
 ) -> None:
     settings = make_settings()
+    await run_index(settings)
     holder = open_store(None, settings.store_path)
     try:
-        with pytest.raises(StoreUnavailable, match="run the indexer before starting the gateway"):
-            await run_index(settings)
+        assert holder.collection_info(settings.collection) is not None  # holds the live version
+        with pytest.raises(StoreUnavailable, match="in use by another process"):
+            await run_index(make_settings(mode="incremental"))  # would write into the held version
+        beside = await run_index(settings)  # a full index builds a new version beside it
     finally:
         holder.close()
+    assert beside.published
 
 
 class ThreadRecordingStore:
