@@ -6,7 +6,6 @@ is turned into pixels the same way wherever it is embedded.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Callable, Sequence
 from enum import StrEnum
@@ -15,11 +14,20 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from clipsearch.image_limits import (
+    DEFAULT_MAX_DECODED_BYTES,
+    FORMAT_NAMES,
+    ImageLimitError,
+    load_shrunk,
+    open_checked,
+)
+
 if TYPE_CHECKING:  # annotations only: the indexer imports this module and must not need torch
     import torch
 
 # A 40-megapixel image is already far more than a CLIP model can use; refusing
-# larger ones before decoding keeps a hostile upload from eating the memory.
+# larger ones before decoding keeps a hostile upload from eating the memory (so does
+# the budget for decoded bytes, clipsearch.image_limits, which in RGB is reached first).
 DEFAULT_MAX_PIXELS = 40_000_000
 # The image processor scales the shorter side up to the model's size, so a
 # 1x60000 strip (a few hundred bytes) would become gigabytes of pixels.
@@ -48,42 +56,36 @@ class ImageProcessor(Protocol):
     def __call__(self, images: list[Image.Image], return_tensors: str) -> dict[str, torch.Tensor]: ...
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode PNG/JPEG/WebP/GIF/BMP bytes into an upright RGB image on white.
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> Image.Image:
+    """Decode PNG/JPEG/WebP/GIF/BMP/TIFF bytes into an upright RGB image on white.
 
     EXIF orientation is applied, transparency is composited onto white, and
-    animated images give their first frame. Raises ImageInputError with a
-    message fit for the caller on anything that is not a usable image.
+    animated images give their first frame. The size is checked from the header before
+    anything is decoded, and an image larger than a model needs comes back shrunk
+    (clipsearch.image_limits). Raises ImageInputError with a message fit for the caller
+    on anything that is not a usable image.
     """
     if not data:
         raise ImageInputError("image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ImageInputError(f"image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageInputError(
-                    f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
-                )
-            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-                raise ImageInputError(
-                    f"image is {width}x{height}; one side may be at most {MAX_ASPECT_RATIO} times the other"
-                )
-            image.seek(0)  # first frame of an animation
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except ImageInputError:
-        raise
+            opened = open_checked(
+                data,
+                max_pixels=max_pixels,
+                max_aspect_ratio=MAX_ASPECT_RATIO,
+                max_decoded_bytes=max_decoded_bytes,
+            )
+            image = load_shrunk(opened)
+    except ImageLimitError as exc:
+        raise ImageInputError(str(exc)) from None
     except UnidentifiedImageError:
-        raise ImageInputError(
-            "not a recognised image format (expected PNG, JPEG, WebP, GIF or BMP)"
-        ) from None
+        raise ImageInputError(f"not a recognised image format (expected {FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageInputError(f"image rejected as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         raise ImageInputError(f"image could not be decoded: {exc}") from None
     return to_rgb_on_white(image)
 
@@ -183,10 +185,16 @@ def _mnist_normalize(drawing: Image.Image) -> Image.Image:
 
 
 def decode_sketch(
-    data: bytes, mode: SketchNormalization, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    mode: SketchNormalization,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Image.Image:
     """Sketch bytes (a canvas PNG, transparent or on white) to a model-domain RGB image."""
-    return normalize_sketch(decode_image(data, max_pixels=max_pixels), mode)
+    return normalize_sketch(
+        decode_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes), mode
+    )
 
 
 # Domain tests: does a decoded picture already look like the images a normalisation produces (the

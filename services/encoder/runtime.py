@@ -22,6 +22,7 @@ import torch
 from clipsearch.batching import BatchFn, Item, MicroBatcher, on_executor
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from clipsearch.embedder import Embedder, TextInputError
+from clipsearch.overload import Overloaded
 from clipsearch.preprocess import (
     ImageInputError,
     SketchNormalization,
@@ -48,6 +49,13 @@ class ModelNotReady(RuntimeError):
     """The named model is still loading."""
 
 
+@dataclass
+class PoolLoad:
+    """Images decoding or waiting for the preprocessing pool the models share."""
+
+    images: int = 0
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One decoded, preprocessed item: the model input and the normalisation applied to it."""
@@ -68,6 +76,8 @@ class EncoderRuntime:
         *,
         inference: Executor,
         preprocess: Executor,
+        text_checks: Executor,
+        pool_load: PoolLoad,
     ) -> None:
         self.name = name
         self.checkpoint = checkpoint
@@ -90,6 +100,8 @@ class EncoderRuntime:
             )
         self._inference = inference
         self._preprocess = preprocess
+        self._text_checks = text_checks
+        self._pool_load = pool_load
         self.texts: MicroBatcher[str] = self._batcher(self.embedder.embed_texts, metrics, "text")
         self.images: MicroBatcher[torch.Tensor] = self._batcher(self._embed_pixel_rows, metrics, "image")
 
@@ -100,6 +112,9 @@ class EncoderRuntime:
             max_wait_ms=self.settings.max_wait_ms,
             enabled=self.settings.batching,
             on_batch=metrics.batch_size.labels(model=self.name, kind=kind).observe,
+            max_queued_items=self.settings.max_queued_items,
+            max_queue_wait_s=self.settings.max_queue_wait_ms / 1000.0,
+            retry_after_s=self.settings.retry_after_s,
         )
 
     @classmethod
@@ -111,13 +126,24 @@ class EncoderRuntime:
         *,
         inference: Executor,
         preprocess: Executor,
+        text_checks: Executor,
+        pool_load: PoolLoad,
     ) -> EncoderRuntime:
         """Blocking: load the checkpoint (CheckpointError names the model and what is wrong)."""
         try:
             checkpoint = load_checkpoint(source.checkpoint, device=settings.device, dtype=settings.dtype)
         except CheckpointError as exc:
             raise CheckpointError(f"model {source.name!r}: {exc}") from None
-        return cls(source.name, checkpoint, settings, metrics, inference=inference, preprocess=preprocess)
+        return cls(
+            source.name,
+            checkpoint,
+            settings,
+            metrics,
+            inference=inference,
+            preprocess=preprocess,
+            text_checks=text_checks,
+            pool_load=pool_load,
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -136,31 +162,56 @@ class EncoderRuntime:
         await self.images.close()
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        # Checked here, on the event loop (tokenizing a request's texts takes microseconds): a check
-        # queued on the inference thread would wait behind the running batch and miss the next one.
+        # Checked before queueing, on a thread of their own: a check queued on the inference thread
+        # would wait behind the running batch and miss the next one, and one on the event loop
+        # would hold every other call while a request's texts are tokenized.
+        # `texts` may be a request's repeated field: checked one text at a time (each becomes a
+        # Python string only while its length is looked at) before any is copied out whole.
+        loop = asyncio.get_running_loop()
         try:
-            self.embedder.check_texts(list(texts))
+            await loop.run_in_executor(self._text_checks, self.embedder.check_texts, texts)
         except TextInputError as exc:
             raise InputError(str(exc)) from None
         return await self.texts.submit(list(texts))
 
     async def prepare(
-        self, datas: Sequence[bytes], *, sketch: bool, auto_domain: bool = False
+        self, datas: Sequence[bytes], *, sketch: bool, auto_domain: bool = False, interactive: bool = True
     ) -> list[Prepared | InputError]:
         """Decode and preprocess each item on the pool: its model input or the item's error.
 
         `auto_domain` (images only): a picture that does not look like the model's own images gets
         the checkpoint's sketch normalisation (clipsearch.preprocess.to_model_domain).
-        """
-        loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(self._preprocess, self._prepare_one, position, data, sketch, auto_domain)
-            for position, data in enumerate(datas)
-        ]
-        return list(await asyncio.gather(*jobs))
 
-    async def embed_pixels(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
-        return await self.images.submit(list(rows))
+        The pool's queue is bounded like the batchers' (Overloaded past `max_queued_items` images
+        waiting or being decoded, all models together); bulk work (a stream's) is bounded by its
+        caller.
+        """
+        load, limit = self._pool_load, self.settings.max_queued_items
+        if interactive and load.images and load.images + len(datas) > limit:
+            raise Overloaded(
+                f"over capacity ({load.images} images being decoded); retry in {self.settings.retry_after_s:g} s",
+                self.settings.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        load.images += len(datas)
+        try:
+            # Each item is taken out of `datas` (a request's repeated field: a copy per access) on
+            # the pool, so only the items being decoded are copied at a time.
+            jobs = [
+                loop.run_in_executor(self._preprocess, self._prepare_at, datas, position, sketch, auto_domain)
+                for position in range(len(datas))
+            ]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            load.images -= len(datas)
+
+    async def embed_pixels(self, rows: Sequence[torch.Tensor], *, interactive: bool = True) -> np.ndarray:
+        return await self.images.submit(list(rows), interactive=interactive)
+
+    def _prepare_at(
+        self, datas: Sequence[bytes], position: int, sketch: bool, auto_domain: bool
+    ) -> Prepared | InputError:
+        return self._prepare_one(position, datas[position], sketch, auto_domain)
 
     def _prepare_one(
         self, position: int, data: bytes, sketch: bool, auto_domain: bool
@@ -174,13 +225,14 @@ class EncoderRuntime:
             )
         mode = self.sketch_normalization
         try:
+            limits = {
+                "max_pixels": self.settings.max_pixels,
+                "max_decoded_bytes": self.settings.max_decoded_bytes,
+            }
             if sketch:
-                image, applied = decode_sketch(data, mode, max_pixels=self.settings.max_pixels), mode
+                image, applied = decode_sketch(data, mode, **limits), mode
             else:
-                image, applied = (
-                    decode_image(data, max_pixels=self.settings.max_pixels),
-                    SketchNormalization.NONE,
-                )
+                image, applied = decode_image(data, **limits), SketchNormalization.NONE
                 if auto_domain:
                     image, applied = to_model_domain(image, mode)
         except ImageInputError as exc:
@@ -206,6 +258,10 @@ class ModelRegistry:
         self._preprocess = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="encoder-preprocess"
         )
+        self._pool_load = PoolLoad()
+        # Text checks tokenize, off the event loop; one thread for every model, as a check tokenizer
+        # is not safe beside itself (it is beside inference, which has its own).
+        self._text_checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-text-checks")
 
     def _init_inference_thread(self) -> None:
         if self.settings.torch_threads:
@@ -238,6 +294,8 @@ class ModelRegistry:
                 self.metrics,
                 inference=self._inference,
                 preprocess=self._preprocess,
+                text_checks=self._text_checks,
+                pool_load=self._pool_load,
             )
             twin = next((other for other in self.loaded if other.fingerprint == runtime.fingerprint), None)
             if twin is not None:
@@ -290,3 +348,4 @@ class ModelRegistry:
             await runtime.close()
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._preprocess.shutdown(wait=True, cancel_futures=True)
+        self._text_checks.shutdown(wait=True, cancel_futures=True)

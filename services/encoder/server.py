@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clipsearch.encoder_client import model_health_service
+from clipsearch.grpc_guard import DecodeGuard
 from clipsearch.grpc_request_id import RequestIdInterceptor, ServerInterceptor
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.auth import ApiKeyInterceptor
@@ -66,8 +67,12 @@ class EncoderServer:
         interceptors: list[ServerInterceptor] = [RequestIdInterceptor(issue=False)]
         if settings.api_key:
             interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
+        # Innermost: a caller without the key is refused as such, whatever bytes it sent.
+        interceptors.append(DecodeGuard(self._count_undecodable))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
+            # Calls past this are refused by gRPC itself, RESOURCE_EXHAUSTED, before any work.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -91,6 +96,9 @@ class EncoderServer:
             self._metrics_server = MetricsServer(self.metrics, settings.host, settings.metrics_port)
             self.metrics_port = self._metrics_server.port
         log.info("encoder listening on %s:%d (metrics port %s)", settings.host, self.port, self.metrics_port)
+
+    def _count_undecodable(self, method: str) -> None:
+        self.metrics.requests.labels(method=method.rsplit("/", 1)[-1], code="INVALID_ARGUMENT").inc()
 
     async def load_models(self) -> None:
         """Load the checkpoints off the event loop, each SERVING once loaded, the whole server at the end.
