@@ -116,13 +116,3 @@ def two_model_encoder(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> Ite
     )
     with serve_in_thread(settings) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def emoji_data_dir() -> Path:
-    """The real emoji collection (EMOJI_DIR; CI points it at ../shared/data/emoji)."""
-    configured = os.environ.get("EMOJI_DIR")
-    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "emoji"
-    if not (path / "emoji.csv").is_file():
-        pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
-    return path
