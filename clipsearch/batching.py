@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -107,7 +108,11 @@ class MicroBatcher(Generic[Item]):
 
     def start(self) -> None:
         if self._enabled and self._collector is None:
-            self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+            # A context of its own: started inside a request, the collector (and every batch task
+            # it creates) would otherwise carry that request's deadline and id for good.
+            self._collector = asyncio.get_running_loop().create_task(
+                self._collect_forever(), context=contextvars.Context()
+            )
 
     async def close(self) -> None:
         if self._collector is not None:
@@ -249,8 +254,11 @@ class MicroBatcher(Generic[Item]):
             task.add_done_callback(self._running.discard)
 
     async def _answer(self, batch: list[_Work[Item]]) -> None:
-        # A task of its own: the id set here is this batch's only.
+        # A task of its own: the ids and deadline set here are this batch's only. The batch is worth
+        # doing until the last of its callers stops waiting.
         REQUEST_ID.set(joined_request_ids([work.request_id for work in batch]))
+        deadlines = [work.deadline for work in batch]
+        DEADLINE.set(None if None in deadlines else max(d for d in deadlines if d is not None))
         try:
             items = [item for work in batch for item in work.items]
             try:

@@ -433,7 +433,7 @@ def export_caption_csv(collection: EmojiCollection, path: Path, *, caption: str 
 # The shared copy was built from these npm packages (the upstream projects publish them there); the
 # tarballs are pinned by the sha512 integrity the registry publishes for each. Built from them, the
 # Google and Twitter PNGs and emoji.csv are byte-identical to the shared copy; OpenMoji's PNGs are
-# rendered from its SVGs (cairosvg, the `emoji-download` extra), identical up to anti-aliasing.
+# rendered from its SVGs (cairosvg, in the `training` extra), identical up to anti-aliasing.
 
 
 @dataclass(frozen=True)
@@ -524,7 +524,7 @@ def _render_svg(svg: bytes, pixels: int) -> bytes:
         import cairosvg
     except (ImportError, OSError) as exc:  # OSError: the cairo library itself is missing
         raise DatasetError(
-            f"rendering OpenMoji's SVGs needs cairosvg (pip install 'clipsearch[emoji-download]'): {exc}"
+            f"rendering OpenMoji's SVGs needs cairosvg (in the training extra) and libcairo2: {exc}"
         ) from None
     png: bytes = cairosvg.svg2png(bytestring=svg, output_width=pixels, output_height=pixels)
     return png

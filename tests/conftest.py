@@ -83,6 +83,16 @@ def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
         yield f"127.0.0.1:{running.port}"
 
 
+@pytest.fixture(scope="session")
+def emoji_data_dir() -> Path:
+    """The real emoji collection (EMOJI_DIR; CI points it at ../shared/data/emoji)."""
+    configured = os.environ.get("EMOJI_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "emoji"
+    if not (path / "emoji.csv").is_file():
+        pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
+    return path
+
+
 # The names the `two_model_encoder` serves its models under.
 TWO_MODELS = ("first", "second")
 
@@ -107,16 +117,6 @@ def two_model_encoder(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> Ite
     )
     with serve_in_thread(settings) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def emoji_data_dir() -> Path:
-    """The real emoji collection (EMOJI_DIR; CI points it at ../shared/data/emoji)."""
-    configured = os.environ.get("EMOJI_DIR")
-    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "emoji"
-    if not (path / "emoji.csv").is_file():
-        pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from clipsearch.preprocess import (
     _stroke_width,
     decode_image,
     decode_sketch,
+    in_domain,
+    to_model_domain,
     to_rgb_on_white,
 )
 
@@ -193,3 +195,18 @@ def test_line_art_of_the_collection_is_kept_as_it_is() -> None:
     normalised = decode_sketch(encode(art), SketchNormalization.LINE_ART)
     original = strokes(to_rgb_on_white(art))
     assert (strokes(normalised) & original).sum() / original.sum() > 0.85
+
+
+def test_line_art_domain_keeps_colour_pictures_and_framed_line_art() -> None:
+    colour = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(colour).ellipse((8, 8, 56, 56), fill=(240, 190, 40), outline=(120, 60, 0))
+    assert in_domain(colour, SketchNormalization.LINE_ART)  # a colour emoji: the model's own kind
+    framed = decode_sketch(draw_bell(280, 6, True), SketchNormalization.LINE_ART)
+    assert in_domain(framed, SketchNormalization.LINE_ART)  # already line art: left as it is
+    paper = Image.new("RGB", (400, 400), (225, 225, 215))
+    ImageDraw.Draw(paper).ellipse((20, 20, 140, 140), outline=(40, 40, 40), width=5)  # small, in a corner
+    assert not in_domain(paper, SketchNormalization.LINE_ART)
+    image, applied = to_model_domain(paper, SketchNormalization.LINE_ART)
+    assert applied is SketchNormalization.LINE_ART
+    assert image.size == (LINE_ART_SIZE, LINE_ART_SIZE)
+    assert not in_domain(Image.new("RGB", (50, 50), "black"), SketchNormalization.LINE_ART)

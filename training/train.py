@@ -88,11 +88,11 @@ class CaptionEncoder:
         text tower weights) and the new ones written back: a frozen tower gives the same output
         for a caption every time, and on a busy CPU thousands of captions take minutes.
         """
-        key = self._tower_key()
+        tower = self._tower_digest()
         if store is not None and store.is_file():
             with safetensors.safe_open(str(store), framework="pt") as handle:
                 meta = handle.metadata() or {}
-                if meta.get("text_tower") == key:
+                if meta.get("text_tower") == tower:
                     pooled = handle.get_tensor("pooled")
                     self.cache.update(zip(json.loads(meta["captions"]), pooled, strict=True))
         before = len(self.cache)
@@ -106,11 +106,11 @@ class CaptionEncoder:
             safetensors.torch.save_file(
                 {"pooled": torch.stack([self.cache[c] for c in names]).cpu().contiguous()},
                 str(partial),
-                metadata={"text_tower": key, "captions": json.dumps(names)},
+                metadata={"text_tower": tower, "captions": json.dumps(names)},
             )
             partial.replace(store)
 
-    def _tower_key(self) -> str:
+    def _tower_digest(self) -> str:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.text_model.state_dict().items()):
             digest.update(name.encode())

@@ -18,16 +18,13 @@ from tests.deploy.deployfiles import (
     project_requirements,
 )
 
-# Extras of a one-off tool, not a service: dev carries their packages, so make setup leaves them out.
-TOOL_EXTRAS = ["emoji-download"]  # building the emoji collection from upstream (cairosvg)
-
 
 def _all_requirements() -> list[Requirement]:
     return [Requirement(text) for text in project_requirements(*project_extras())]
 
 
 def test_the_extras_are_one_per_service_and_dev() -> None:
-    assert project_extras() == sorted(["dev", "encoder", "gateway", "indexer", "training", *TOOL_EXTRAS])
+    assert project_extras() == ["dev", "encoder", "gateway", "indexer", "training"]
 
 
 def test_the_lock_pins_exactly_what_the_extras_install() -> None:
@@ -65,5 +62,4 @@ def test_torch_is_pinned_exactly_and_installed_first() -> None:
     project = re.search(r"pip install -q -c requirements\.lock -e '\.\[([\w,]+)\]'", recipe)
     assert project, "make setup installs the project under the lock"
     assert first_torch < project.start()
-    services_and_dev = [extra for extra in project_extras() if extra not in TOOL_EXTRAS]
-    assert sorted(project.group(1).split(",")) == services_and_dev, "make setup installs every extra"
+    assert sorted(project.group(1).split(",")) == project_extras(), "make setup installs every extra"

@@ -6,10 +6,11 @@ import asyncio
 import concurrent.futures
 import io
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ from services.gateway.app import create_app
 from services.gateway.search import MEDIA_KEY_FIELD
 from services.gateway.settings import GatewaySettings
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTION = "digits"
 # Strokes of crude digits on a 28x28 grid: enough for distinct images per label.
@@ -79,11 +81,16 @@ async def _embed(target: str, images: list[bytes], model: str) -> tuple[np.ndarr
         return vectors, info.fingerprint, info.model_name
 
 
-def embed_in_thread(target: str, images: list[bytes], model: str = "") -> tuple[np.ndarray, str, str]:
-    """(vectors, fingerprint, model name) from the real encoder; callable inside a running event
-    loop (async tests), since it runs its own in a worker thread."""
+def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The coroutine run to its end in a worker thread's own event loop: callable inside a running
+    event loop (async tests) as well as outside one."""
     with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        return worker.submit(asyncio.run, _embed(target, images, model)).result()
+        return worker.submit(asyncio.run, coroutine).result()
+
+
+def embed_in_thread(target: str, images: list[bytes], model: str = "") -> tuple[np.ndarray, str, str]:
+    """(vectors, fingerprint, model name) from the real encoder (see run_in_thread)."""
+    return run_in_thread(_embed(target, images, model))
 
 
 def build_index(

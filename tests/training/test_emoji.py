@@ -153,7 +153,7 @@ def _registry(root: Path) -> dict[str, NpmPackage]:
 
 
 def test_download_builds_the_layout_from_verified_tarballs(tmp_path: Path) -> None:
-    pytest.importorskip("cairosvg", reason="the emoji-download extra renders OpenMoji's SVGs")
+    pytest.importorskip("cairosvg", reason="cairosvg (training extra) renders OpenMoji's SVGs")
     packages = _registry(tmp_path / "registry")
     registry = (tmp_path / "registry").as_uri() + "/"
     download_emoji(tmp_path / "emoji", registry=registry, packages=packages)
