@@ -241,28 +241,28 @@ def _csv_source(settings: IndexerSettings) -> Source:
     )
 
 
-# What each style's licence asks to be credited (the collection's README and LICENSES/).
+# What each style's licence asks to be credited (the collection's README and LICENSES/), with full
+# addresses: the page shows them as links.
 EMOJI_CREDITS = {
-    "google": "Noto Emoji by Google (github.com/googlefonts/noto-emoji), Apache License 2.0",
+    "google": "Noto Emoji by Google, Apache License 2.0 (https://github.com/googlefonts/noto-emoji)",
     "twitter": (
-        "Twemoji by Twitter, Inc and other contributors (github.com/jdecked/twemoji), "
-        "CC BY 4.0 (creativecommons.org/licenses/by/4.0)"
+        "Twemoji by Twitter, Inc and other contributors, CC BY 4.0 "
+        "(https://github.com/jdecked/twemoji, https://creativecommons.org/licenses/by/4.0/)"
     ),
     "openmoji": (
-        "OpenMoji, the open-source emoji and icon project (openmoji.org), "
-        "CC BY-SA 4.0 (creativecommons.org/licenses/by-sa/4.0); rendered from SVG to 72 px PNG"
+        "OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 "
+        "(https://openmoji.org, https://creativecommons.org/licenses/by-sa/4.0/), rendered from SVG to PNG"
     ),
 }
-EMOJI_NAMES_CREDIT = "Names and keywords: Unicode CLDR via emojibase (github.com/milesj/emojibase), MIT"
+EMOJI_NAMES_CREDIT = "Names and keywords: Unicode CLDR via emojibase (https://github.com/milesj/emojibase), MIT."
 # A keyword shared by more concepts than this says too little to be a query ("face", "flag").
 MAX_KEYWORD_CONCEPTS = 8
 
 
 def emoji_attribution(styles: list[str]) -> str:
-    """The credits of the styles indexed, one line each, then the names'."""
+    """The credits of the styles indexed, then the names', as one paragraph."""
     credited = list(dict.fromkeys("openmoji" if s.startswith("openmoji") else s for s in styles))
-    images = [f"Emoji images: {EMOJI_CREDITS[style]}" for style in credited]
-    return "\n".join([*images, EMOJI_NAMES_CREDIT])
+    return f"Emoji images: {'; '.join(EMOJI_CREDITS[style] for style in credited)}. {EMOJI_NAMES_CREDIT}"
 
 
 def emoji_captions(label: str, tags: tuple[str, ...]) -> tuple[str, ...]:

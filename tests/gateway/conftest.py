@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,11 +17,13 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
 
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.media import MediaStore
+from clipsearch.processes import free_port
 from clipsearch.store import IMAGE_VECTOR, Point, open_store
 from services.gateway.app import create_app
 from services.gateway.search import MEDIA_KEY_FIELD
@@ -175,6 +179,26 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+@contextmanager
+def serve_http(app: FastAPI) -> Iterator[str]:
+    """The app behind uvicorn on a loopback port, in a background thread: its base URL
+    ("http://127.0.0.1:PORT"), for clients that need real HTTP (a browser, another event loop)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

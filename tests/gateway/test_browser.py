@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import re
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +17,21 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from bench.stack import free_port
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.media import MediaStore
 from clipsearch.store import CAPTION_VECTOR, IMAGE_VECTOR, Point, open_store
 from services.gateway.app import create_app
 from services.gateway.search import MEDIA_KEY_FIELD
 from services.gateway.settings import GatewaySettings
-from tests.gateway.conftest import Indexed, build_index, embed_in_thread, run_in_thread, settings_for
+from tests.gateway.conftest import (
+    Indexed,
+    build_index,
+    embed_in_thread,
+    run_in_thread,
+    serve_http,
+    settings_for,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserType, Page
@@ -80,22 +83,8 @@ def browser_type() -> Iterator[BrowserType]:
 @contextmanager
 def _served(settings: GatewaySettings) -> Iterator[str]:
     """The gateway served by uvicorn on a loopback port, in a background thread: its page's URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_http(create_app(settings)) as base:
+        yield f"{base}/"
 
 
 @pytest.fixture

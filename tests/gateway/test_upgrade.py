@@ -10,8 +10,6 @@ other hits or other scores than both.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +18,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from clipsearch.checkpoint import weights_fingerprint
 from clipsearch.encoder_client import EncoderClient
-from clipsearch.processes import free_port
 from clipsearch.store import VectorStore
 from services.encoder.server import EncoderServer, serve_in_thread
 from services.encoder.settings import EncoderSettings
@@ -34,6 +30,7 @@ from services.indexer.job import run_index, run_rollback
 from services.indexer.settings import IndexerSettings
 from tests.conftest import EmojiModels
 from tests.encoder.test_reload import copy_atomically, eventually
+from tests.gateway.conftest import serve_http
 
 API = "/api/v1"
 QUERIES = ("red circle", "star", "blue square")
@@ -102,21 +99,9 @@ def stack(tmp_path: Path, emoji_models: EmojiModels, emoji_layout: Path) -> Iter
             encoder_timeout_s=10.0,
         )
         stack.app = create_app(settings)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(stack.app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start")
-            time.sleep(0.05)
-        stack.url = f"http://127.0.0.1:{port}"
-        try:
+        with serve_http(stack.app) as url:
+            stack.url = url
             yield stack
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
 
 
 async def test_filters_by_style_and_group_and_captions_name_the_emoji(stack: Stack) -> None:
