@@ -254,7 +254,9 @@ EMOJI_CREDITS = {
         "(https://openmoji.org, https://creativecommons.org/licenses/by-sa/4.0/), rendered from SVG to PNG"
     ),
 }
-EMOJI_NAMES_CREDIT = "Names and keywords: Unicode CLDR via emojibase (https://github.com/milesj/emojibase), MIT."
+EMOJI_NAMES_CREDIT = (
+    "Names and keywords: Unicode CLDR via emojibase (https://github.com/milesj/emojibase), MIT."
+)
 # A keyword shared by more concepts than this says too little to be a query ("face", "flag").
 MAX_KEYWORD_CONCEPTS = 8
 
