@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 
 from clipsearch.checkpoint import load_checkpoint, pick_device
+from clipsearch.checkpoint_files import write_dir_atomically
 from clipsearch.datasets import LINE_ART_STYLE
 from clipsearch.embedder import Embedder, image_features, text_features
 from clipsearch.progress import progress_bar
@@ -37,7 +38,7 @@ from training.freezing import apply_freezing, text_tower_frozen
 from training.losses import clip_loss, concept_bank_loss, image_pair_loss
 from training.metrics import class_prototypes, recall_at_k, zero_shot_accuracy
 from training.models import COMPACT_CONFIGS, ModelBundle, build_compact
-from training.state import Progress, has_state, load_state, save_state, write_dir_atomically
+from training.state import Progress, has_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 

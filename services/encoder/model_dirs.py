@@ -6,7 +6,7 @@ needs (clipsearch.checkpoint.check_checkpoint_dir), its *stamp* (the directory's
 size and modification time of each of its model files) has stayed the same for one poll, and the
 stamp is still the same after the load; a directory replaced or written to during the load is
 loaded again at the next poll. The trainer writes checkpoints atomically (a hidden staging
-directory renamed into place: training/state.py write_dir_atomically), which changes the inode in
+directory renamed into place: clipsearch.checkpoint_files.write_dir_atomically), which changes the inode in
 one step; hidden directories (its staging and `.old` ones) are never models. Anything else that
 copies files in place settles before it is loaded, since the stamp must hold still for a poll.
 """
