@@ -7,6 +7,7 @@ producing the bytes sent to the encoder and the PNG kept in the media store.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from collections.abc import Callable
@@ -375,10 +376,13 @@ def prepare(
         return PreparedItem(item=item, data=data, media_png=data)
     try:
         image = decode_image(data)
-        drawn = item.drawing and sketch_normalization is not SketchNormalization.NONE
-        sent = png_bytes(normalize_sketch(image, sketch_normalization)) if drawn else data
     except ImageInputError as exc:
         raise ItemError(f"{item.relative_path}: {exc}") from None
+    sent = data
+    if item.drawing and sketch_normalization is not SketchNormalization.NONE:
+        # Nothing the normalisation reads as strokes (an empty drawing): the picture as it is.
+        with contextlib.suppress(ImageInputError):
+            sent = png_bytes(normalize_sketch(image, sketch_normalization))
     # Small PNGs (MNIST) are kept as they are; anything else becomes a PNG (a thumbnail if large).
     is_small_png = data[:8] == b"\x89PNG\r\n\x1a\n" and max(image.size) <= 512
     return PreparedItem(item=item, data=sent, media_png=data if is_small_png else png_bytes(image))

@@ -4,11 +4,13 @@ trained and an untrained tiny emoji model, the embedded store."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from clipsearch.checkpoint import weights_fingerprint
 from clipsearch.encoder_client import EncoderClient, ImageNormalization
@@ -285,3 +287,13 @@ async def test_line_art_is_embedded_as_a_drawing_of_the_model_and_kept_as_it_is(
     assert (hit.payload["id"], hit.payload["style"]) == ("2B50", "openmoji-line")
     assert hit.score == pytest.approx(1.0, abs=1e-4)
     assert MediaStore(settings.media_dir).path_for(hit.payload["media_key"]).read_bytes() == line_art
+
+
+async def test_line_art_the_normalisation_finds_no_strokes_in_is_kept_as_it_is(
+    upgrade: MakeSettings, emoji_layout: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "emoji"
+    shutil.copytree(emoji_layout, layout)
+    Image.new("RGBA", (72, 72), (0, 0, 0, 0)).save(layout / "images" / "openmoji-line" / "2B50.png")
+    report = await run_index(upgrade("better", emoji_dir=layout))
+    assert (report.count, report.errors) == (24, [])
