@@ -296,6 +296,7 @@ async def run(args: argparse.Namespace) -> int:
         f"{args.variants}), {sum(q.kind == 'handwritten' for q in queries)} handwritten (load_digits); "
         f"seed {args.seed}; made in {time.perf_counter() - started:.1f} s"
     )
+    print("fonts:", ", ".join(path.stem for path in text_fonts()))
     if args.save_examples:
         _save_examples(queries, Path(args.save_examples))
     if args.gateway:

@@ -37,6 +37,13 @@ class KeepAliveConnection:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
         """POST `body` as JSON; the reply body, or HttpStatusError for a non-2xx status."""
+        status, reply, _ = await self.post_json_status(path, body)
+        if not 200 <= status < 300:
+            raise HttpStatusError(f"{path}: HTTP {status}: {reply[:200]!r}")
+        return reply
+
+    async def post_json_status(self, path: str, body: dict[str, Any]) -> tuple[int, bytes, bool]:
+        """POST `body` as JSON: (status, reply body, whether the server closes the connection)."""
         assert self._reader is not None, "use `async with`"
         assert self._writer is not None, "use `async with`"
         payload = json.dumps(body).encode()
@@ -47,13 +54,13 @@ class KeepAliveConnection:
         self._writer.write(head + payload)
         header = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *lines = header.decode("latin-1").split("\r\n")
-        length = 0
+        length, closes = 0, False
         for line in lines:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
+            name = name.strip().lower()
+            if name == "content-length":
                 length = int(value)
+            elif name == "connection":
+                closes = value.strip().lower() == "close"
         reply = await self._reader.readexactly(length)
-        status = int(status_line.split(" ", 2)[1])
-        if not 200 <= status < 300:
-            raise HttpStatusError(f"{path}: HTTP {status}: {reply[:200]!r}")
-        return reply
+        return int(status_line.split(" ", 2)[1]), reply, closes

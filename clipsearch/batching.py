@@ -15,6 +15,11 @@ the encoder busy while the next call forms); `isolate` names failures that are
 one item's fault, after which each request of the failed batch is retried
 alone, so one bad query cannot fail the queries it happened to share a call with.
 
+The queue is bounded (clipsearch.overload): past `max_queued_items` waiting, a
+request is refused at once (`Overloaded`); work that waited past `max_queue_wait_s`
+(`Overloaded`) or its deadline (`DeadlineExpired`; the caller's, `overload.DEADLINE`,
+unless given) is failed instead of started, and work whose caller gave up is dropped.
+
 A batch runs with the request ids of the requests it serves (`clipsearch.logs`), so the
 gateway's shared calls carry them all to the encoder and log lines name them.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -32,6 +39,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from clipsearch.logs import REQUEST_ID, current_request_id, joined_request_ids
+from clipsearch.overload import DEADLINE, DeadlineExpired, Overloaded
 
 Item = TypeVar("Item")
 BatchFn = Callable[[list[Item]], np.ndarray]
@@ -52,7 +60,10 @@ def on_executor(batch_fn: BatchFn[Item], executor: Executor) -> BatchRunner[Item
 class _Work(Generic[Item]):
     items: list[Item]
     future: asyncio.Future[np.ndarray]
+    deadline: float | None = None
+    interactive: bool = True
     enqueued_at: float = field(default_factory=time.monotonic)
+    queued: bool = True  # counted in the batcher's queued items
     request_id: str | None = field(default_factory=current_request_id)
 
 
@@ -73,9 +84,16 @@ class MicroBatcher(Generic[Item]):
         max_in_flight: int = 1,
         isolate: Callable[[Exception], bool] | None = None,
         on_batch: BatchObserver | None = None,
+        max_queued_items: int | None = None,
+        max_queue_wait_s: float | None = None,
+        retry_after_s: float = 1.0,
     ) -> None:
         if max_batch_size < 1 or max_in_flight < 1:
             raise ValueError("max_batch_size and max_in_flight must be at least 1")
+        self._max_queued_items = max_queued_items
+        self._max_queue_wait_s = max_queue_wait_s
+        self._retry_after_s = retry_after_s
+        self._queued_items = 0
         self._run_batch = run
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
@@ -90,7 +108,11 @@ class MicroBatcher(Generic[Item]):
 
     def start(self) -> None:
         if self._enabled and self._collector is None:
-            self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+            # A context of its own: started inside a request, the collector (and every batch task
+            # it creates) would otherwise carry that request's deadline and id for good.
+            self._collector = asyncio.get_running_loop().create_task(
+                self._collect_forever(), context=contextvars.Context()
+            )
 
     async def close(self) -> None:
         if self._collector is not None:
@@ -110,8 +132,19 @@ class MicroBatcher(Generic[Item]):
             work.future.cancel()
         self._pending = None
 
-    async def submit(self, items: Sequence[Item]) -> np.ndarray:
-        """Embed `items`; rows come back in the same order."""
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    async def submit(
+        self, items: Sequence[Item], *, deadline: float | None = None, interactive: bool = True
+    ) -> np.ndarray:
+        """Embed `items`; rows come back in the same order. Overloaded when the queue is full;
+        Overloaded or DeadlineExpired when the work waited too long to start.
+
+        Bulk work (`interactive=False`, bounded by its caller: a stream's batches in flight)
+        counts in the queue but is neither refused for its length nor for its wait; only its
+        deadline applies."""
         chunks = [
             list(items[i : i + self._max_batch_size]) for i in range(0, len(items), self._max_batch_size)
         ]
@@ -119,13 +152,59 @@ class MicroBatcher(Generic[Item]):
             return np.concatenate([await self._run(chunk) for chunk in chunks])
         if self._collector is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        limit = self._max_queued_items
+        # A request larger than the whole queue still gets in when the queue is empty.
+        if (
+            interactive
+            and limit is not None
+            and self._queued_items
+            and self._queued_items + len(items) > limit
+        ):
+            raise Overloaded(
+                f"over capacity ({self._queued_items} items queued); retry in {self._retry_after_s:g} s",
+                self._retry_after_s,
+            )
+        deadline = DEADLINE.get() if deadline is None else deadline
         loop = asyncio.get_running_loop()
         futures = []
         for chunk in chunks:
-            work = _Work(chunk, loop.create_future())
+            work = _Work(chunk, loop.create_future(), deadline, interactive)
+            self._queued_items += len(chunk)
+            # A caller that gives up (cancelled, deadline) frees its place in the queue at once.
+            work.future.add_done_callback(functools.partial(self._unqueue_done, work))
             self._queue.put_nowait(work)
             futures.append(work.future)
         return np.concatenate(await asyncio.gather(*futures))
+
+    def _unqueue_done(self, work: _Work[Item], future: asyncio.Future[np.ndarray]) -> None:
+        self._unqueue(work)
+
+    def _unqueue(self, work: _Work[Item]) -> None:
+        if work.queued:
+            work.queued = False
+            self._queued_items -= len(work.items)
+
+    def _startable(self, work: _Work[Item], now: float) -> bool:
+        """Whether to start `work`, failing it instead if it waited too long."""
+        self._unqueue(work)
+        if work.future.done():  # its caller gave up
+            return False
+        if work.deadline is not None and now >= work.deadline:
+            work.future.set_exception(
+                DeadlineExpired("the deadline passed while the work waited in the queue")
+            )
+            return False
+        waited = now - work.enqueued_at
+        if work.interactive and self._max_queue_wait_s is not None and waited > self._max_queue_wait_s:
+            work.future.set_exception(
+                Overloaded(
+                    f"over capacity (waited {waited * 1000:.0f} ms in the queue); "
+                    f"retry in {self._retry_after_s:g} s",
+                    self._retry_after_s,
+                )
+            )
+            return False
+        return True
 
     async def _run(self, items: list[Item]) -> np.ndarray:
         if self._on_batch is not None:
@@ -161,20 +240,25 @@ class MicroBatcher(Generic[Item]):
             # while the slots were busy.
             await self._slots.acquire()
             try:
-                batch = [work for work in await self._next_batch() if not work.future.done()]
+                taken = await self._next_batch()
+                now = time.monotonic()
+                batch = [work for work in taken if self._startable(work, now)]
             except BaseException:
                 self._slots.release()
                 raise
             if not batch:
                 self._slots.release()
-                continue  # every caller in it gave up (cancelled)
+                continue  # every caller in it gave up, or waited too long
             task = asyncio.get_running_loop().create_task(self._answer(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _answer(self, batch: list[_Work[Item]]) -> None:
-        # A task of its own: the id set here is this batch's only.
+        # A task of its own: the ids and deadline set here are this batch's only. The batch is worth
+        # doing until the last of its callers stops waiting.
         REQUEST_ID.set(joined_request_ids([work.request_id for work in batch]))
+        deadlines = [work.deadline for work in batch]
+        DEADLINE.set(None if None in deadlines else max(d for d in deadlines if d is not None))
         try:
             items = [item for work in batch for item in work.items]
             try:

@@ -9,7 +9,6 @@ when the network allows it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,14 +27,12 @@ from transformers import (
     VisionTextDualEncoderModel,
 )
 
+from clipsearch.checkpoint_files import CONFIG, WEIGHTS, weight_files, weights_fingerprint
 from clipsearch.preprocess import SketchNormalization
 
 log = logging.getLogger(__name__)
 
 SIDECAR = "clipsearch.json"
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-CONFIG = "config.json"
 IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
@@ -139,34 +136,6 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def weight_files(directory: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory, in a stable order."""
-    index = directory / WEIGHTS_INDEX
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / shard for shard in shards]
-    return [directory / WEIGHTS]
-
-
-_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
-
-
-def weights_fingerprint(directory: Path) -> str:
-    """sha256 over the weight files' bytes; computed once per file state and cached."""
-    digest = hashlib.sha256()
-    for path in weight_files(directory):
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _FINGERPRINTS:
-            file_digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    file_digest.update(chunk)
-            _FINGERPRINTS[key] = file_digest.hexdigest()
-        digest.update(_FINGERPRINTS[key].encode())
-    return digest.hexdigest()
 
 
 def check_checkpoint_dir(directory: Path) -> None:

@@ -21,6 +21,11 @@ from clipsearch.checkpoint import LoadedCheckpoint, max_text_tokens
 from clipsearch.onnx_text import PROBE_TEXTS, TextForward, TextRuntime, choose_text_forward
 from clipsearch.preprocess import pixel_values
 
+# A token of these tokenizers covers a word or a piece of one; a text of more characters than this
+# many per token the model takes cannot fit, and is refused by its length alone, before the
+# tokenizer spends time and memory on it (an 8 MB text tokenized whole costs seconds and ~1 GB).
+MAX_CHARS_PER_TOKEN = 32
+
 
 class TextInputError(ValueError):
     """A text cannot be embedded (empty or longer than the model takes)."""
@@ -47,6 +52,7 @@ class Embedder:
         self._check_tokenizer = copy.deepcopy(tokenizer)
         self.image_processor = image_processor
         self.max_text_tokens = max_text_tokens(model, tokenizer)
+        self.max_text_chars = self.max_text_tokens * MAX_CHARS_PER_TOKEN
         # Texts through another runtime (clipsearch.onnx_text, set by from_checkpoint) or the model.
         self._text_forward: TextForward | None = None
         self.text_runtime = TextRuntime.TORCH
@@ -82,8 +88,16 @@ class Embedder:
     def check_texts(self, texts: Sequence[str]) -> None:
         """Raise TextInputError for the first text that cannot be embedded.
 
-        Cheap (tokenization only) and safe beside a running `embed_texts` on another thread.
+        Bounded (texts over `max_text_chars` are refused before tokenizing) and safe beside a
+        running `embed_texts` on another thread; not safe beside itself on another thread.
         """
+        for position, text in enumerate(texts):
+            if len(text) > self.max_text_chars:
+                raise TextInputError(
+                    f"text {position} is {len(text):,} characters; this model takes at most "
+                    f"{self.max_text_tokens} tokens, which is never more than {self.max_text_chars:,}"
+                )
+        texts = list(texts)  # each within the length limit: a bounded copy
         lengths = self.token_counts(texts)
         for position, (text, length) in enumerate(zip(texts, lengths, strict=True)):
             if not text.strip():

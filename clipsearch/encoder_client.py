@@ -1,8 +1,9 @@
 """Async client for the encoder service, used by the indexer and the gateway.
 
-Every call has a deadline; UNAVAILABLE is retried with backoff, INVALID_ARGUMENT
-becomes EncoderInputError (the caller's fault), NOT_FOUND (the model named is not
-served there) EncoderModelNotFound, anything else EncoderUnavailable.
+Every call has a deadline (and no later than the request's, clipsearch.overload.DEADLINE);
+UNAVAILABLE is retried with backoff, INVALID_ARGUMENT becomes EncoderInputError (the
+caller's fault), RESOURCE_EXHAUSTED EncoderOverloaded (shed: not retried), NOT_FOUND (the
+model named is not served there) EncoderModelNotFound, anything else EncoderUnavailable.
 Each call carries the current request id (`clipsearch.logs`) as metadata `x-request-id`.
 
 Every call may name its model (`model`: the name the encoder serves it under, or
@@ -23,6 +24,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clipsearch.logs import REQUEST_ID_HEADER, current_request_id
+from clipsearch.overload import DeadlineExpired, retry_pushback_s, time_left
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 T = TypeVar("T")
@@ -56,6 +58,14 @@ class EncoderInputError(EncoderError):
 
 class EncoderUnavailable(EncoderError):
     """The encoder could not be reached or failed; try again later."""
+
+
+class EncoderOverloaded(EncoderUnavailable):
+    """The encoder refused the call at once for lack of capacity (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class EncoderModelNotFound(EncoderUnavailable):
@@ -121,6 +131,12 @@ class EncoderClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _timeout(self) -> float:
+        """The call's deadline: `timeout_s`, and no more than the request it serves has left
+        (never zero: gRPC takes that for none; a spent deadline fails the call at once)."""
+        left = time_left()
+        return self.timeout_s if left is None else max(0.001, min(self.timeout_s, left))
+
     def _call_metadata(self) -> tuple[tuple[str, str], ...] | None:
         request_id = current_request_id()
         if request_id is None:
@@ -130,12 +146,26 @@ class EncoderClient:
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         for attempt in range(self.retries + 1):
+            left = time_left()
+            if left is not None and left <= 0:  # the request this call is for has run out of time
+                raise DeadlineExpired("the deadline passed before the encoder was called")
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                if (
+                    code == grpc.StatusCode.DEADLINE_EXCEEDED
+                    and (left := time_left()) is not None
+                    and left <= 0
+                ):
+                    raise DeadlineExpired("the deadline passed while the encoder worked") from None
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise EncoderInputError(exc.details() or "invalid input") from None
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # shed: not retried here, the caller is told
+                    raise EncoderOverloaded(
+                        f"encoder at {self.target}: {exc.details()}",
+                        retry_pushback_s(exc.trailing_metadata()),
+                    ) from None
                 if code == grpc.StatusCode.NOT_FOUND:
                     raise EncoderModelNotFound(f"encoder at {self.target}: {exc.details()}") from None
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
@@ -161,7 +191,7 @@ class EncoderClient:
         return await self._call(
             lambda: self._stub.GetModelInfo(
                 encoder_pb2.GetModelInfoRequest(model=model),
-                timeout=self.timeout_s,
+                timeout=self._timeout(),
                 metadata=self._call_metadata(),
             )
         )
@@ -170,7 +200,7 @@ class EncoderClient:
         """Every model the encoder serves (loaded), in its configured order."""
         reply = await self._call(
             lambda: self._stub.ListModels(
-                encoder_pb2.ListModelsRequest(), timeout=self.timeout_s, metadata=self._call_metadata()
+                encoder_pb2.ListModelsRequest(), timeout=self._timeout(), metadata=self._call_metadata()
             )
         )
         return list(reply.models)
@@ -202,7 +232,7 @@ class EncoderClient:
         model: str,
         normalization: ImageNormalization,
     ) -> Awaitable[encoder_pb2.EmbedResponse]:
-        options = {"timeout": self.timeout_s, "metadata": self._call_metadata()}
+        options = {"timeout": self._timeout(), "metadata": self._call_metadata()}
         if kind == "text":
             texts = cast("list[str]", list(items))
             return self._stub.EmbedText(encoder_pb2.EmbedTextRequest(texts=texts, model=model), **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,16 @@ def encoder_target(tiny_checkpoint: Path) -> Iterator[str]:
         yield f"127.0.0.1:{running.port}"
 
 
+@pytest.fixture(scope="session")
+def emoji_data_dir() -> Path:
+    """The real emoji collection (EMOJI_DIR; CI points it at ../shared/data/emoji)."""
+    configured = os.environ.get("EMOJI_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "data" / "emoji"
+    if not (path / "emoji.csv").is_file():
+        pytest.skip(f"emoji collection not found in {path} (set EMOJI_DIR)")
+    return path
+
+
 # The names the `two_model_encoder` serves its models under.
 TWO_MODELS = ("first", "second")
 
@@ -106,3 +117,37 @@ def two_model_encoder(tiny_checkpoint: Path, other_tiny_checkpoint: Path) -> Ite
     )
     with serve_in_thread(settings) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def emoji_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated emoji-layout directory (emoji.csv, images/<style>/<id>.png), without bad rows:
+    six concepts in the four styles."""
+    from tests.training.conftest import write_emoji_dir
+
+    return write_emoji_dir(tmp_path_factory.mktemp("emoji-layout") / "emoji", bad_row=False)
+
+
+@dataclass(frozen=True)
+class EmojiModels:
+    """Two tiny emoji checkpoints for one collection: `better`, trained for a few epochs on the
+    generated layout, and `worse`, its random initialisation."""
+
+    better: Path
+    worse: Path
+
+
+@pytest.fixture(scope="session")
+def emoji_models(tmp_path_factory: pytest.TempPathFactory, emoji_layout: Path) -> EmojiModels:
+    from training.__main__ import main as train_main
+
+    output = tmp_path_factory.mktemp("emoji-models") / "emoji-tiny"
+    code = train_main(
+        [
+            "train", "--model", "tiny-emoji", "--output", str(output), "--emoji-dir", str(emoji_layout),
+            "--holdout-fraction", "0", "--epochs", "8", "--batch-size", "6", "--warmup-steps", "2",
+            "--val-fraction", "0", "--threads", "1", "--save-init", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return EmojiModels(better=output, worse=output.with_name("emoji-tiny-init"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from clipsearch.batching import MicroBatcher, on_executor
+from clipsearch.overload import DEADLINE
 
 
 class Recorder:
@@ -166,3 +168,36 @@ async def test_up_to_max_in_flight_batches_run_at_once_and_the_rest_wait_togethe
     assert [float(rows[0, 0]) for rows in results] == [float(i) for i in range(7)]
     assert most == 2
     assert sizes == [1, 1, 5]  # the five that waited went in one call
+
+
+async def test_a_batch_runs_under_its_callers_deadline_not_the_starting_requests() -> None:
+    """The batcher may be started inside a request (lazily, on the first query): that request's
+    deadline must not become every later batch's."""
+    seen: list[float | None] = []
+
+    async def run(items: list[int]) -> np.ndarray:
+        seen.append(DEADLINE.get())
+        return np.asarray([[float(item)] for item in items])
+
+    batcher: MicroBatcher[int] = MicroBatcher(run, max_batch_size=8, max_wait_ms=0.0)
+
+    async def first_request() -> None:
+        DEADLINE.set(time.monotonic() + 0.001)  # a caller with almost no time
+        batcher.start()
+        await asyncio.sleep(0.01)  # its time runs out
+
+    await asyncio.create_task(first_request())
+    try:
+        later = time.monotonic() + 30.0
+        rows = await asyncio.create_task(_with_deadline(batcher, [1, 2], later))
+        unbounded = await asyncio.create_task(_with_deadline(batcher, [3], None))
+    finally:
+        await batcher.close()
+    assert rows.tolist() == [[1.0], [2.0]]
+    assert unbounded.tolist() == [[3.0]]
+    assert seen == [later, None]
+
+
+async def _with_deadline(batcher: MicroBatcher[int], items: list[int], deadline: float | None) -> np.ndarray:
+    DEADLINE.set(deadline)
+    return await batcher.submit(items)

@@ -13,8 +13,10 @@ from clipsearch.preprocess import (
     DOMAIN_TESTS,
     SketchNormalization,
     in_domain,
+    looks_like_line_art,
     looks_like_mnist,
     to_model_domain,
+    to_rgb_on_white,
 )
 
 
@@ -40,7 +42,7 @@ def filling_its_frame(image: Image.Image, margin: int = 4) -> Image.Image:
 
 
 def test_every_normalisation_has_a_domain_test() -> None:
-    assert set(DOMAIN_TESTS) == set(SketchNormalization)
+    assert {mode.value for mode in SketchNormalization} <= set(DOMAIN_TESTS)
 
 
 @pytest.mark.parametrize("size", [28, 56, 280])
@@ -97,3 +99,57 @@ def test_a_blank_page_is_kept_as_it_is_rather_than_refused() -> None:
     page = Image.new("RGB", (100, 100), "white")
     kept, applied = to_model_domain(page, SketchNormalization.MNIST)
     assert (kept, applied) == (page, SketchNormalization.NONE)
+
+
+# The line-art domain (emoji models): colour pictures and clean line art stay, drawings on paper do not.
+
+
+def emoji_face() -> Image.Image:
+    """A colour emoji as the collection has them: a yellow face on a transparent 64x64 canvas."""
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((4, 4, 60, 60), fill=(255, 204, 77, 255), outline=(200, 140, 0, 255), width=2)
+    draw.ellipse((20, 22, 26, 30), fill=(60, 40, 20, 255))
+    draw.ellipse((38, 22, 44, 30), fill=(60, 40, 20, 255))
+    return to_rgb_on_white(image)
+
+
+def line_art(size: int = 72, stroke: int = 2) -> Image.Image:
+    """OpenMoji-like line art: black strokes of about 2 px in 72, a 56 px box, centred, on white."""
+    image = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(image)
+    scale = size / 72
+    draw.ellipse(tuple(round(v * scale) for v in (8, 8, 64, 64)), outline=0, width=round(stroke * scale))
+    draw.line(tuple(round(v * scale) for v in (24, 44, 48, 44)), fill=0, width=round(stroke * scale))
+    return image.convert("RGB")
+
+
+def drawing_on_paper(seed: int = 0) -> Image.Image:
+    """The same drawing with a pen on paper, photographed: off-white, slightly noisy, 280x280."""
+    ink = 255 - np.asarray(line_art(280, stroke=3).convert("L"), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    page = 228 - ink / 255 * 190 + rng.normal(0, 3, ink.shape)
+    return Image.fromarray(page.clip(0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def solid_shape() -> Image.Image:
+    """A grey emoji: a filled dark disc on white."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((4, 4, 60, 60), fill=(40, 40, 40))
+    return image
+
+
+@pytest.mark.parametrize(
+    ("case", "picture", "expected"),
+    [
+        ("colour emoji", emoji_face, True),
+        ("line art", line_art, True),
+        ("line art, larger", lambda: line_art(288), True),
+        ("solid grey shape", solid_shape, True),
+        ("drawing on paper", drawing_on_paper, False),
+        ("thick marker on white", lambda: line_art(280, stroke=6), False),
+    ],
+)
+def test_line_art_domain(case: str, picture: object, expected: bool) -> None:
+    assert callable(picture)
+    assert looks_like_line_art(picture()) is expected

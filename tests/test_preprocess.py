@@ -6,13 +6,20 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from clipsearch.preprocess import (
+    LINE_ART_BOX,
+    LINE_ART_SIZE,
+    LINE_ART_STROKE_PX,
     ImageInputError,
     SketchNormalization,
+    _stroke_width,
     decode_image,
     decode_sketch,
+    in_domain,
+    to_model_domain,
+    to_rgb_on_white,
 )
 
 
@@ -125,3 +132,81 @@ def test_animated_gif_gives_first_frame() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     assert decode_image(buffer.getvalue()).getpixel((5, 5))[0] > 200
+
+
+def draw_bell(size: int, pen: int, transparent: bool, ink: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """A bell outline as a canvas sends it: `pen` px strokes on white or on a transparent canvas."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    s = size / 100
+    draw.arc((25 * s, 15 * s, 75 * s, 75 * s), 180, 360, fill=(*ink, 255), width=pen)
+    draw.line((25 * s, 45 * s, 20 * s, 80 * s), fill=(*ink, 255), width=pen)
+    draw.line((75 * s, 45 * s, 80 * s, 80 * s), fill=(*ink, 255), width=pen)
+    draw.line((15 * s, 80 * s, 85 * s, 80 * s), fill=(*ink, 255), width=pen)
+    draw.ellipse((45 * s, 82 * s, 55 * s, 92 * s), outline=(*ink, 255), width=pen)
+    return encode(image)
+
+
+def strokes(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L")) < 128
+
+
+@pytest.mark.parametrize(
+    ("size", "pen", "transparent", "ink"),
+    [
+        (280, 2, True, (0, 0, 0)),  # a thin pen on a transparent canvas
+        (280, 24, True, (0, 0, 0)),  # a marker
+        (600, 6, False, (0, 0, 0)),  # a big white canvas, fine pen
+        (150, 10, False, (200, 30, 30)),  # a small canvas, a red pen
+    ],
+)
+def test_line_art_sketch_looks_like_the_line_art(
+    size: int, pen: int, transparent: bool, ink: tuple[int, int, int]
+) -> None:
+    image = decode_sketch(draw_bell(size, pen, transparent, ink), SketchNormalization.LINE_ART)
+    assert image.mode == "RGB"
+    assert image.size == (LINE_ART_SIZE, LINE_ART_SIZE)
+    pixels = np.asarray(image)
+    assert (pixels[..., 0] == pixels[..., 1]).all()  # black on white, whatever the pen's colour
+    assert pixels.max() == 255
+    assert pixels.min() < 40
+    mask = strokes(image)
+    rows, cols = np.nonzero(mask)
+    longer = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    assert abs(longer - LINE_ART_BOX) <= 2
+    assert abs((rows.max() + rows.min()) / 2 - (LINE_ART_SIZE - 1) / 2) <= 2  # centred
+    assert abs((cols.max() + cols.min()) / 2 - (LINE_ART_SIZE - 1) / 2) <= 2
+    assert abs(_stroke_width(mask) - LINE_ART_STROKE_PX) <= 0.75
+
+
+def test_line_art_sketches_of_one_shape_agree_whatever_the_pen() -> None:
+    thin = strokes(decode_sketch(draw_bell(280, 2, True), SketchNormalization.LINE_ART))
+    thick = strokes(decode_sketch(draw_bell(280, 24, False), SketchNormalization.LINE_ART))
+    near = np.asarray(
+        Image.fromarray(thin.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5)), dtype=bool
+    )
+    assert (thick & near).sum() / thick.sum() > 0.8
+
+
+def test_line_art_of_the_collection_is_kept_as_it_is() -> None:
+    # Line art already at the measured width and box (black on transparent, 72x72) stays where it is.
+    art = Image.new("RGBA", (72, 72), (0, 0, 0, 0))
+    ImageDraw.Draw(art).ellipse((8, 8, 63, 63), outline=(0, 0, 0, 255), width=2)
+    normalised = decode_sketch(encode(art), SketchNormalization.LINE_ART)
+    original = strokes(to_rgb_on_white(art))
+    assert (strokes(normalised) & original).sum() / original.sum() > 0.85
+
+
+def test_line_art_domain_keeps_colour_pictures_and_framed_line_art() -> None:
+    colour = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(colour).ellipse((8, 8, 56, 56), fill=(240, 190, 40), outline=(120, 60, 0))
+    assert in_domain(colour, SketchNormalization.LINE_ART)  # a colour emoji: the model's own kind
+    framed = decode_sketch(draw_bell(280, 6, True), SketchNormalization.LINE_ART)
+    assert in_domain(framed, SketchNormalization.LINE_ART)  # already line art: left as it is
+    paper = Image.new("RGB", (400, 400), (225, 225, 215))
+    ImageDraw.Draw(paper).ellipse((20, 20, 140, 140), outline=(40, 40, 40), width=5)  # small, in a corner
+    assert not in_domain(paper, SketchNormalization.LINE_ART)
+    image, applied = to_model_domain(paper, SketchNormalization.LINE_ART)
+    assert applied is SketchNormalization.LINE_ART
+    assert image.size == (LINE_ART_SIZE, LINE_ART_SIZE)
+    assert not in_domain(Image.new("RGB", (50, 50), "black"), SketchNormalization.LINE_ART)

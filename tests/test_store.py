@@ -17,6 +17,7 @@ from clipsearch.store import (
     QdrantStore,
     StoreError,
     StoreUnavailable,
+    VectorStore,
     open_store,
     to_qdrant_filter,
     validate_filter,
@@ -55,7 +56,7 @@ def store(tmp_path: Path) -> Iterator[QdrantStore]:
 
 
 def build(
-    store: QdrantStore, alias: str, points: list[Point], *, fingerprint: str = "fp1", keep: int = 2
+    store: VectorStore, alias: str, points: list[Point], *, fingerprint: str = "fp1", keep: int = 2
 ) -> str:
     names = sorted(points[0].vectors)
     name = store.create_version(alias, dim=DIM, fingerprint=fingerprint, vector_names=names, source="src")
@@ -229,7 +230,7 @@ def test_cluster_layout_reaches_collection_creation(tmp_path: Path, monkeypatch:
 
     def recording(*args: object, **kwargs: object) -> bool:
         asked.append(kwargs)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(client, "create_collection", recording)
     layout = ClusterLayout(shard_number=6, replication_factor=2, write_consistency_factor=1)
@@ -248,3 +249,72 @@ def test_cluster_layout_reaches_collection_creation(tmp_path: Path, monkeypatch:
         2,
         1,
     )
+
+
+@pytest.mark.parametrize("backend", ["local", "edge"])
+def test_rollback_restores_the_previous_version_and_keeps_what_it_replaced(
+    tmp_path: Path, backend: str
+) -> None:
+    """Versions are kept by when they were last published, so after a rollback the version it
+    replaced is the one kept for the next rollback, and a dropped candidate frees no live slot."""
+    opened = open_store(None, tmp_path / "store", backend=backend)
+    try:
+        first = build(opened, "digits", make_points(5), fingerprint="fp1", keep=2)
+        assert opened.previous_version("digits") is None
+        second = build(opened, "digits", make_points(6), fingerprint="fp2", keep=2)
+        previous = opened.previous_version("digits")
+        assert previous is not None
+        assert previous.name == first
+
+        opened.restore_version("digits", first, keep=2, extra={"rolled_back_from": second})
+        live = opened.collection_info("digits")
+        assert live is not None
+        assert (live.name, live.count, live.extra["rolled_back_from"]) == (first, 5, second)
+        again = opened.previous_version("digits")
+        assert again is not None
+        assert again.name == second
+
+        # A new build after the rollback: the rolled-back-from version (newer, but published
+        # earlier) is the one pruned, the version that was live before the build stays.
+        third = build(opened, "digits", make_points(7), fingerprint="fp3", keep=2)
+        assert [v.name for v in opened.versions("digits")] == [third, first]
+
+        candidate = opened.create_version(
+            "digits", dim=DIM, fingerprint="fp4", vector_names=[IMAGE_VECTOR], source="src"
+        )
+        with pytest.raises(StoreError, match="never completed"):
+            opened.restore_version("digits", candidate, keep=2)
+        with pytest.raises(StoreError, match="is live"):
+            opened.drop_version("digits", third)
+        opened.drop_version("digits", candidate)
+        assert [v.name for v in opened.versions("digits")] == [third, first]
+    finally:
+        opened.close()
+
+
+def test_a_rollback_beside_a_reader_holding_the_versions(tmp_path: Path) -> None:
+    """Embedded (Edge) store, two openers as two processes: the indexer rolls back while a gateway
+    holds both versions; it neither opens them nor waits for them, and the reader follows."""
+    from clipsearch.store.edge import EdgeStore
+
+    indexer, gateway = EdgeStore(tmp_path / "store"), EdgeStore(tmp_path / "store")
+    try:
+        old_points, new_points = make_points(5), make_points(6)
+        old = build(indexer, "digits", old_points, fingerprint="fp1", keep=2)
+        query = old_points[0].vectors[IMAGE_VECTOR]
+        assert gateway.search("digits", query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)  # holds old
+        new = build(indexer, "digits", new_points, fingerprint="fp2", keep=2)
+        assert gateway.collection_info("digits").name == new  # type: ignore[union-attr]
+        gateway.search("digits", query, k=1)  # holds new too
+
+        previous = indexer.previous_version("digits")
+        assert previous is not None
+        assert (previous.name, previous.count) == (old, 5)
+        indexer.restore_version("digits", old, keep=2, extra={"rolled_back_from": new})
+        live = gateway.collection_info("digits")
+        assert live is not None
+        assert (live.name, live.extra["rolled_back_from"]) == (old, new)
+        assert gateway.search("digits", query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        indexer.close()
+        gateway.close()

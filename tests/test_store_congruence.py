@@ -281,14 +281,43 @@ def test_open_store_embeds_edge_unless_the_path_holds_a_local_mode_store(tmp_pat
         open_store(None, tmp_path / "x", backend="faiss")
 
 
-def test_a_second_process_gets_store_unavailable(embedded: Opener, tmp_path: Path) -> None:
-    holder = embedded(tmp_path / "store")
+def test_a_second_local_mode_client_gets_store_unavailable(tmp_path: Path) -> None:
+    holder = open_store(None, tmp_path / "store", backend="local")
     try:
         with pytest.raises(StoreUnavailable, match="another process"):
-            embedded(tmp_path / "store")
+            open_store(None, tmp_path / "store", backend="local")
     finally:
         holder.close()
-    embedded(tmp_path / "store").close()  # released on close
+    open_store(None, tmp_path / "store", backend="local").close()  # released on close
+
+
+def test_edge_is_shared_by_processes_one_version_each(tmp_path: Path) -> None:
+    """Two clients of one Edge store (as a gateway and an indexer are): each version is open in
+    one of them at a time; a new version is built and published beside a held one, the reader
+    follows it, and the old one is dropped once the reader has let go of it."""
+    reader, writer = EdgeStore(tmp_path / "store"), EdgeStore(tmp_path / "store")
+    try:
+        first = writer.create_version(
+            "digits", dim=DIM, fingerprint="fp1", vector_names=[IMAGE_VECTOR], source="s"
+        )
+        writer.upsert(first, make_points(4, captions=False))
+        writer.finish_version("digits", first, keep=1)
+        assert len(reader.search("digits", unit(0), k=1)) == 1  # the reader now holds the first version
+        with pytest.raises(StoreUnavailable, match="in use by another process"):
+            writer.count(first)
+        second = writer.create_version(
+            "digits", dim=DIM, fingerprint="fp2", vector_names=[IMAGE_VECTOR], source="s"
+        )
+        writer.upsert(second, make_points(6, captions=False))
+        writer.finish_version("digits", second, keep=1)  # the held first version is not dropped
+        info = reader.collection_info("digits")
+        assert info is not None
+        assert (info.name, info.fingerprint, info.count) == (second, "fp2", 6)
+        assert [version.name for version in writer.versions("digits")] == [second, first]
+    finally:
+        reader.close()
+    assert writer.prune_versions("digits", keep=1) == [first]  # let go of: now it goes
+    writer.close()
 
 
 def test_edge_writes_survive_a_crash_without_close(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from clipsearch.checkpoint import CheckpointError
-from clipsearch.datasets import DatasetError
+from clipsearch.datasets import EMOJI_STYLES, DatasetError, export_caption_csv, heldout_concepts, read_emoji
 from clipsearch.logs import configure_logging
 from training.config import ConfigError, FreezeMode, load_config
 from training.distill import DistillConfig, DistillError, distill_checkpoint
@@ -32,7 +32,21 @@ def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     source.add_argument("--mnist-dir", type=Path, help="MNIST idx files (default: $MNIST_DIR)")
     source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
     source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
+    source.add_argument("--emoji-dir", type=Path, help="the emoji collection (emoji.csv, images/<style>/)")
     train.add_argument("--download-mnist", action="store_true", default=None, help="fetch MNIST if missing")
+    train.add_argument(
+        "--download-emoji",
+        action="store_true",
+        default=None,
+        help="build the emoji collection in --emoji-dir from the pinned upstream packages if missing",
+    )
+    train.add_argument("--emoji-styles", help="comma-separated styles to train on (default: all four)")
+    train.add_argument("--holdout-fraction", type=float, help="emoji concepts never trained on (seeded)")
+    train.add_argument("--cross-style-weight", type=float, help="weight of the cross-style image-image loss")
+    train.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass)")
+    train.add_argument(
+        "--save-init", action="store_true", default=None, help="also save the untrained model as OUTPUT-init"
+    )
     train.add_argument("--limit", type=int, help="use only the first N examples")
     train.add_argument("--val-fraction", type=float)
     train.add_argument(
@@ -73,6 +87,23 @@ def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     distill.add_argument("--device", help="auto, cpu, cuda ...")
     distill.add_argument("--threads", type=int, help="torch CPU threads")
     distill.add_argument("--no-progress", dest="progress", action="store_false")
+
+    export = commands.add_parser(
+        "export-csv", help="write the emoji collection as a seed-style image_path,caption[,label] CSV"
+    )
+    export.add_argument("--emoji-dir", type=Path, help="the emoji collection (default: $EMOJI_DIR)")
+    export.add_argument("--output", type=Path, required=True, help="the CSV to write")
+    export.add_argument("--styles", help="comma-separated styles (default: all four)")
+    export.add_argument(
+        "--caption", choices=["label", "tags"], default="label", help="label, or label and tags"
+    )
+    export.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        help="leave out these held-out concepts (as training does)",
+    )
+    export.add_argument("--holdout-seed", type=int, default=0)
     return root
 
 
@@ -80,6 +111,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     kind = "captions" if args.captions else "folders" if args.image_folder else None
     if args.mnist_dir:
         kind = "mnist"
+    if args.emoji_dir:
+        kind = "emoji"
+    download = args.download_mnist or args.download_emoji
     return {
         "model": args.model,
         "output": args.output,
@@ -87,7 +121,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.mnist_dir": args.mnist_dir,
         "data.captions_csv": args.captions,
         "data.image_folder": args.image_folder,
-        "data.download": args.download_mnist,
+        "data.emoji_dir": args.emoji_dir,
+        "data.emoji_styles": args.emoji_styles.split(",") if args.emoji_styles else None,
+        "data.holdout_fraction": args.holdout_fraction,
+        "data.download": download,
         "data.limit": args.limit,
         "data.val_fraction": args.val_fraction,
         "data.strict": args.strict,
@@ -102,6 +139,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "freeze": args.freeze,
         "unlock_last_n": args.unlock_last_n,
         "image_pair_weight": args.image_pair_weight,
+        "cross_style_weight": args.cross_style_weight,
+        "batches_per_epoch": args.batches_per_epoch,
+        "save_init": args.save_init,
         "label_aware": args.label_aware,
         "patience": args.patience,
         "seed": args.seed,
@@ -117,6 +157,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m training") ->
     configure_logging()
     if args.command == "distill-text":
         return distill(args)
+    if args.command == "export-csv":
+        return export_csv(args)
     from training.train import train
 
     try:
@@ -130,6 +172,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m training") ->
         f"wrote {result.output}: {progress.epoch} epochs, best {progress.best_metric} at epoch "
         f"{progress.best_epoch}, {progress.train_seconds:.0f} s training, {result.samples_per_second:.0f} samples/s"
     )
+    return 0
+
+
+def export_csv(args: argparse.Namespace) -> int:
+    styles = args.styles.split(",") if args.styles else list(EMOJI_STYLES)
+    try:
+        collection = read_emoji(args.emoji_dir, styles=styles)
+        held = heldout_concepts([c.id for c in collection.concepts], args.holdout_fraction, args.holdout_seed)
+        collection.items = [item for item in collection.items if item.id not in held]
+        rows = export_caption_csv(collection, args.output, caption=args.caption)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {rows} rows ({len(collection.problems)} problems skipped)")
     return 0
 
 

@@ -22,18 +22,23 @@ class FreezeMode(StrEnum):
 
 
 class DataConfig(BaseModel):
-    """Where the training pairs come from: exactly one of MNIST, a caption CSV or class folders."""
+    """Where the training pairs come from: one of MNIST, a caption CSV, class folders or the emoji."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["mnist", "captions", "folders"] = "mnist"
+    kind: Literal["mnist", "captions", "folders", "emoji"] = "mnist"
     mnist_dir: Path | None = None  # default: $MNIST_DIR
-    download: bool = False  # fetch MNIST from the official mirrors when missing
+    download: bool = False  # fetch MNIST (or the emoji) from upstream when missing
+    emoji_dir: Path | None = None  # default: $EMOJI_DIR
+    emoji_styles: list[str] = ["google", "twitter", "openmoji", "openmoji-line"]  # styles trained on
+    holdout_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # emoji concepts never trained on
+    holdout_seed: int = 0
     captions_csv: Path | None = None
     image_folder: Path | None = None
     limit: int | None = Field(default=None, ge=1)  # use only the first N examples (smoke runs)
     val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     strict: bool = False  # fail on the first bad row/image instead of skipping it
+    white_background: bool = False  # caption CSV of pictures on white: augmentation fills with white
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:
@@ -60,6 +65,12 @@ class AugmentConfig(BaseModel):
     max_rotation_deg: float = Field(default=12.0, ge=0.0, le=180.0)
     scale_range: tuple[float, float] = (0.9, 1.1)
     max_shear: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Pictures on white (emoji): colour and stroke changes that keep the background white.
+    max_hue_deg: float = Field(default=0.0, ge=0.0, le=180.0)
+    saturation: float = Field(default=0.0, ge=0.0, le=1.0)  # chroma scaled by 1 +- this
+    strength: float = Field(default=0.0, ge=0.0, le=1.0)  # distance from white scaled by 1 +- this
+    greyscale_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    stroke: bool = False  # thicken or thin the line art's strokes
 
 
 class TrainConfig(BaseModel):
@@ -83,6 +94,16 @@ class TrainConfig(BaseModel):
     init_temperature: float = Field(default=0.07, gt=0)
     label_aware: bool = True  # same-label pairs in a batch are not negatives
     image_pair_weight: float = Field(default=0.0, ge=0)  # >0 adds an image-image loss (two augmentations)
+    # >0: batches pair two styles of each concept, and an image-image loss pulls them together.
+    cross_style_weight: float = Field(default=0.0, ge=0)
+    # >0: with per-class captions (emoji), a softmax of each image over one caption of every concept.
+    concept_bank_weight: float = Field(default=0.0, ge=0)
+    line_art_share: float = Field(default=0.5, ge=0, le=1)  # of those pairs: one of the two is the line art
+    schedule: Literal["steps", "time"] = "steps"  # the cosine over epochs x steps, or over max_minutes
+    batches_per_epoch: int | None = Field(default=None, ge=1)  # default: one pass over the data
+    # A frozen text tower's outputs for the training captions, kept between runs (see CaptionEncoder.warm).
+    text_cache: Path | None = None
+    save_init: bool = False  # also save the untrained model beside the output ("<output>-init")
     freeze: FreezeMode = FreezeMode.ALL
     unlock_last_n: int = Field(default=1, ge=0)  # for freeze=last-n
     patience: int = Field(default=3, ge=1)  # epochs without validation improvement before stopping
@@ -92,6 +113,12 @@ class TrainConfig(BaseModel):
     resume: bool = False
     num_threads: int | None = Field(default=None, ge=1)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _budget_for_time_schedule(self) -> TrainConfig:
+        if self.schedule == "time" and self.max_minutes is None:
+            raise ValueError("schedule 'time' needs max_minutes")
+        return self
 
     @property
     def state_dir(self) -> Path:

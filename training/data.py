@@ -70,6 +70,10 @@ class PairData:
     class_names: list[str] = field(default_factory=list)
     numerals: bool = False  # class i may also be written as the numeral "i" (digits)
     skipped: list[str] = field(default_factory=list)  # what was left out, and why
+    styles: list[str] | None = None  # drawing style per image (emoji)
+    class_captions: list[list[str]] | None = None  # per class: captions to sample from (else templates)
+    prompt_templates: list[str] | None = None  # zero-shot prompts for the checkpoint (else the defaults)
+    white_background: bool = False  # pictures on white: augmentation fills with white
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -81,6 +85,10 @@ class PairData:
             captions=None if self.captions is None else [self.captions[int(i)] for i in indices],
             class_names=self.class_names,
             numerals=self.numerals,
+            styles=None if self.styles is None else [self.styles[int(i)] for i in indices],
+            class_captions=self.class_captions,
+            prompt_templates=self.prompt_templates,
+            white_background=self.white_background,
         )
 
 
@@ -118,7 +126,9 @@ def sample_captions(data: PairData, indices: torch.Tensor, generator: torch.Gene
     if data.captions is not None:
         return [data.captions[int(i)] for i in indices]
     assert data.labels is not None
-    options = [all_captions(data.class_names, data.numerals, label) for label in range(len(data.class_names))]
+    options = data.class_captions or [
+        all_captions(data.class_names, data.numerals, label) for label in range(len(data.class_names))
+    ]
     picks = torch.randint(0, 1 << 30, (len(indices),), generator=generator)
     return [
         options[int(label)][int(pick) % len(options[int(label)])]
@@ -182,7 +192,12 @@ def _report(skipped: list[str], message: str, strict: bool) -> None:
 
 
 def caption_pairs(
-    csv_path: Path, processor: Any, *, strict: bool = False, limit: int | None = None
+    csv_path: Path,
+    processor: Any,
+    *,
+    strict: bool = False,
+    limit: int | None = None,
+    white_background: bool = False,
 ) -> PairData:
     """`image_path,caption[,label]` rows; bad rows and unreadable images are skipped and named."""
     rows, errors = read_caption_csv(csv_path)
@@ -204,10 +219,25 @@ def caption_pairs(
         raise DatasetError(f"{csv_path} has no usable rows ({len(skipped)} skipped)")
     labels: torch.Tensor | None = None
     class_names: list[str] = []
+    class_captions: list[list[str]] | None = None
     if all(label is not None for label in row_labels):
         class_names = sorted({str(label) for label in row_labels})
-        labels = torch.tensor([class_names.index(str(label)) for label in row_labels])
-    return PairData(preprocess(images, processor), labels, captions, class_names, skipped=skipped)
+        position = {name: index for index, name in enumerate(class_names)}
+        labels = torch.tensor([position[str(label)] for label in row_labels])
+        # Each class's captions, for the concept bank (training.losses.concept_bank_loss).
+        grouped: dict[str, dict[str, None]] = {name: {} for name in class_names}
+        for caption, label in zip(captions, row_labels, strict=True):
+            grouped[str(label)][caption] = None
+        class_captions = [list(grouped[name]) for name in class_names]
+    return PairData(
+        preprocess(images, processor),
+        labels,
+        captions,
+        class_names,
+        skipped=skipped,
+        class_captions=class_captions,
+        white_background=white_background,
+    )
 
 
 def folder_pairs(root: Path, processor: Any, *, strict: bool = False, limit: int | None = None) -> PairData:
@@ -233,22 +263,39 @@ def folder_pairs(root: Path, processor: Any, *, strict: bool = False, limit: int
 
 def load_pairs(config: DataConfig, processor: Any, split_name: str = "train") -> PairData:
     """The configured source as PairData (MNIST picks its train or test split)."""
+    if config.kind == "emoji":
+        from training.emoji import emoji_pairs
+
+        pairs: PairData = emoji_pairs(config, processor)
+        return pairs
     if config.kind == "mnist":
         return mnist_pairs(
             config.resolved_mnist_dir(), split_name, processor, download=config.download, limit=config.limit
         )
     if config.kind == "captions":
         assert config.captions_csv is not None
-        return caption_pairs(config.captions_csv, processor, strict=config.strict, limit=config.limit)
+        return caption_pairs(
+            config.captions_csv,
+            processor,
+            strict=config.strict,
+            limit=config.limit,
+            white_background=config.white_background,
+        )
     assert config.image_folder is not None
     return folder_pairs(config.image_folder, processor, strict=config.strict, limit=config.limit)
 
 
-def background_fill(processor: Any) -> torch.Tensor:
-    """What a black pixel becomes after normalisation: the fill for pixels shifted in from outside."""
+def normalisation(processor: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processor's per-channel mean and std, shaped (1, 3, 1, 1)."""
     mean = torch.tensor(getattr(processor, "image_mean", [0.0, 0.0, 0.0]), dtype=torch.float32)
     std = torch.tensor(getattr(processor, "image_std", [1.0, 1.0, 1.0]), dtype=torch.float32)
-    return (-mean / std).view(1, -1, 1, 1)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+def background_fill(processor: Any, white: bool = False) -> torch.Tensor:
+    """What a black (or white) pixel becomes after normalisation: the fill for pixels shifted in."""
+    mean, std = normalisation(processor)
+    return ((1.0 if white else 0.0) - mean) / std
 
 
 def augment(

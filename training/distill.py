@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from clipsearch.checkpoint import LoadedCheckpoint, load_checkpoint
+from clipsearch.checkpoint_files import write_dir_atomically
 from clipsearch.embedder import Embedder
 from clipsearch.progress import progress_bar
 from training.data import PLURAL_TEMPLATES, SINGULAR_TEMPLATES, all_captions, label_forms, with_articles
 from training.models import DIGIT_WORDS, ModelBundle
 from training.queries import query_set
-from training.state import write_dir_atomically
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,13 @@
 
     python -m training.evaluate CHECKPOINT [--baseline CHECKPOINT] [--mnist-dir DIR]
     python -m training.evaluate CHECKPOINT --captions pairs.csv | --image-folder DIR
+    python -m training.evaluate CHECKPOINT --emoji-dir DIR [--baseline CHECKPOINT-init]
 
 Metrics: zero-shot accuracy with prompt ensembles, text->image and image->text
 Recall@1/5/10, and precision@10 of text queries in several phrasings per class,
-including free-form ones that are not training templates.
+including free-form ones that are not training templates. On the emoji (training/emoji_eval.py):
+unseen concepts, an unseen style, line art -> colour, image -> caption over all labels, and the
+served model's label, keyword and free-form queries.
 """
 
 from __future__ import annotations
@@ -24,13 +27,22 @@ import numpy as np
 import torch
 
 from clipsearch.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from clipsearch.datasets import DatasetError
+from clipsearch.datasets import EMOJI_STYLES, DatasetError
 from clipsearch.embedder import Embedder
 from clipsearch.logs import configure_logging
 from clipsearch.onnx_text import TEXT_RUNTIME_CHOICES, TextRuntime
 from training import plots
 from training.config import DataConfig
 from training.data import PairData, all_captions, load_pairs
+from training.emoji_eval import (
+    EmojiSplit,
+    TextEmbedder,
+    check_emoji_data,
+    draw_emoji,
+    emoji_metric_rows,
+    emoji_metrics,
+    load_emoji_eval,
+)
 from training.metrics import class_prototypes, precision_at_k, recall_at_k, top_k, zero_shot_accuracy
 from training.queries import query_set
 
@@ -188,6 +200,8 @@ def _fmt(value: Any) -> str:
 
 
 def metric_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    if "emoji" in metrics:
+        return emoji_metric_rows(metrics["emoji"])
     rows: dict[str, Any] = {}
     if "zero_shot_accuracy" in metrics:
         rows["zero-shot accuracy (prompt ensemble)"] = metrics["zero_shot_accuracy"]
@@ -212,6 +226,22 @@ def describe_vision(vision: Any) -> str:
     )
 
 
+def evaluation_scope(metrics: dict[str, Any]) -> str:
+    if "emoji" in metrics:
+        split = metrics["emoji"]["split"]
+        return (
+            f"On all {metrics['images']} emoji images (`python -m training.evaluate --emoji-dir`), "
+            f"{metrics['emoji']['concepts']} concepts; trained on styles {', '.join(split['trained_styles'])}, "
+            f"{split['heldout_concepts']} concepts held out (fraction {split['holdout_fraction']}, seed "
+            f"{split['holdout_seed']}). Relevance: the same concept (keyword and free-form queries: an "
+            "accepted concept)."
+        )
+    return (
+        f"On {metrics['images']} held-out images (`python -m training.evaluate`); retrieval "
+        f"relevance: {metrics['retrieval_relevance']}."
+    )
+
+
 def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: list[str], out: Path) -> str:
     config = checkpoint.model.config
     vision = config.vision_config
@@ -228,8 +258,7 @@ def model_card(checkpoint: LoadedCheckpoint, report: dict[str, Any], pictures: l
         "",
         "## Evaluation",
         "",
-        f"On {report['checkpoint']['images']} held-out images (`python -m training.evaluate`); retrieval "
-        f"relevance: {report['checkpoint']['retrieval_relevance']}.",
+        evaluation_scope(report["checkpoint"]),
         "",
         "| metric | " + ("baseline | " if baseline else "") + "this model |",
         "|---|" + ("---|" if baseline else "") + "---|",
@@ -275,8 +304,11 @@ def run(
     out: Path | None,
     device: str | None = None,
     text_runtime: str = TextRuntime.TORCH,
+    text_cache: Path | None = None,
 ) -> dict[str, Any]:
     checkpoint = load_checkpoint(checkpoint_path, device=device)
+    if data_config.kind == "emoji":
+        return run_emoji(checkpoint, baseline_path, data_config, out, device, text_runtime, text_cache)
     runs: list[Evaluated] = []
     report: dict[str, Any] = {}
     if baseline_path:
@@ -299,6 +331,48 @@ def run(
     return report
 
 
+def run_emoji(
+    checkpoint: LoadedCheckpoint,
+    baseline_path: str | None,
+    data_config: DataConfig,
+    out: Path | None,
+    device: str | None,
+    text_runtime: str,
+    text_cache: Path | None = None,
+) -> dict[str, Any]:
+    """The emoji report: both models measured on the split the trained checkpoint was trained with."""
+    data = load_emoji_eval(data_config, checkpoint.meta.sketch_normalization)
+    check_emoji_data(data)
+    split = EmojiSplit.of_checkpoint(checkpoint.path, data.concept_ids, data_config)
+    checkpoints = [("checkpoint", checkpoint)]
+    if baseline_path:
+        checkpoints.insert(0, ("baseline", load_checkpoint(baseline_path, device=device)))
+    report: dict[str, Any] = {}
+    runs: list[tuple[str, np.ndarray, np.ndarray, TextEmbedder]] = []
+    for role, loaded in checkpoints:
+        embedder = Embedder.from_checkpoint(loaded, text_runtime=text_runtime)
+        texts = TextEmbedder(embedder, text_cache)
+        emoji, images, labels = emoji_metrics(embedder, loaded, data, split, texts)
+        report[role] = {
+            "checkpoint": str(loaded.path),
+            "fingerprint": loaded.fingerprint,
+            "images": len(data.images),
+            "text_runtime": embedder.text_runtime.value,
+            "skipped": data.problems,
+            "emoji": emoji,
+        }
+        runs.append(
+            (f"{role if role == 'baseline' else 'trained'}: {loaded.path.name}", images, labels, texts)
+        )
+    out = out or checkpoint.path / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = draw_emoji(out, runs, data, checkpoint.meta.sketch_normalization)
+    report["pictures"] = pictures
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (checkpoint.path / "README.md").write_text(model_card(checkpoint, report, pictures, out))
+    return report
+
+
 def parser(prog: str = "python -m training.evaluate") -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog=prog,
@@ -313,6 +387,25 @@ def parser(prog: str = "python -m training.evaluate") -> argparse.ArgumentParser
     )
     source.add_argument("--captions", type=Path, help="CSV of image_path,caption[,label]")
     source.add_argument("--image-folder", type=Path, help="folder with one subfolder per class")
+    source.add_argument(
+        "--emoji-dir", type=Path, help="the emoji collection (default with --emoji: $EMOJI_DIR)"
+    )
+    parse.add_argument("--emoji", action="store_true", help="evaluate on the emoji collection ($EMOJI_DIR)")
+    parse.add_argument(
+        "--holdout-fraction",
+        type=float,
+        help="emoji concepts to treat as unseen (default: what the checkpoint's training record says)",
+    )
+    parse.add_argument(
+        "--trained-styles",
+        help="emoji: comma-separated styles the checkpoint was trained on (default: its training record)",
+    )
+    parse.add_argument(
+        "--text-cache",
+        type=Path,
+        help="emoji: a kept cache of the frozen text tower's outputs (training's text_cache); used only "
+        "for a checkpoint whose text tower has the cached weights, the projection runs as served",
+    )
     parse.add_argument("--download-mnist", action="store_true")
     parse.add_argument("--limit", type=int, help="evaluate on the first N examples only")
     parse.add_argument("--out", type=Path, help="where metrics.json and PNGs go (default: CHECKPOINT/eval)")
@@ -329,19 +422,32 @@ def parser(prog: str = "python -m training.evaluate") -> argparse.ArgumentParser
 def main(argv: Sequence[str] | None = None, prog: str = "python -m training.evaluate") -> int:
     args = parser(prog).parse_args(argv)
     configure_logging()
-    kind: Literal["mnist", "captions", "folders"] = (
+    kind: Literal["mnist", "captions", "folders", "emoji"] = (
         "captions" if args.captions else "folders" if args.image_folder else "mnist"
     )
+    if args.emoji_dir or args.emoji:
+        kind = "emoji"
     try:
         data_config = DataConfig(
             kind=kind,
+            emoji_dir=args.emoji_dir,
+            holdout_fraction=args.holdout_fraction or 0.0,
+            emoji_styles=args.trained_styles.split(",") if args.trained_styles else list(EMOJI_STYLES),
             mnist_dir=args.mnist_dir,
             captions_csv=args.captions,
             image_folder=args.image_folder,
             download=args.download_mnist,
             limit=args.limit,
         )
-        report = run(args.checkpoint, args.baseline, data_config, args.out, args.device, args.text_runtime)
+        report = run(
+            args.checkpoint,
+            args.baseline,
+            data_config,
+            args.out,
+            args.device,
+            args.text_runtime,
+            args.text_cache,
+        )
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+
+from clipsearch.checkpoint_files import write_dir_atomically
 
 LAST = "last"
 
@@ -30,24 +28,6 @@ class Progress:
     cpu_seconds: float = 0.0  # process CPU time: comparable across busy and idle machines
     samples_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling directory, then swap it in: readers never see a half-written one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        os.chmod(staging, 0o755)
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

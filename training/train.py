@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 
 from clipsearch.checkpoint import load_checkpoint, pick_device
+from clipsearch.checkpoint_files import write_dir_atomically
+from clipsearch.datasets import LINE_ART_STYLE
 from clipsearch.embedder import Embedder, image_features, text_features
 from clipsearch.progress import progress_bar
 from training.config import TrainConfig
-from training.data import PairData, augment, background_fill, load_pairs, sample_captions, split
+from training.data import (
+    PairData,
+    augment,
+    background_fill,
+    load_pairs,
+    normalisation,
+    sample_captions,
+    split,
+)
+from training.emoji import cross_style_batches, drawing_augment, sample_class_captions
 from training.freezing import apply_freezing, text_tower_frozen
-from training.losses import clip_loss, image_pair_loss
+from training.losses import clip_loss, concept_bank_loss, image_pair_loss
 from training.metrics import class_prototypes, recall_at_k, zero_shot_accuracy
 from training.models import COMPACT_CONFIGS, ModelBundle, build_compact
-from training.state import Progress, has_state, load_state, save_state, write_dir_atomically
+from training.state import Progress, has_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,42 @@ class CaptionEncoder:
         self.frozen = text_tower_frozen(model)
         self.cache: dict[str, torch.Tensor] = {}
 
+    def warm(self, captions: list[str], store: Path | None = None, chunk: int = 256) -> None:
+        """Fill the cache ahead of training (a frozen tower only): big batches cost less than per step.
+
+        With `store`, outputs computed by earlier runs are read from that file (kept only for the same
+        text tower weights) and the new ones written back: a frozen tower gives the same output
+        for a caption every time, and on a busy CPU thousands of captions take minutes.
+        """
+        tower = self._tower_digest()
+        if store is not None and store.is_file():
+            with safetensors.safe_open(str(store), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("text_tower") == tower:
+                    pooled = handle.get_tensor("pooled")
+                    self.cache.update(zip(json.loads(meta["captions"]), pooled, strict=True))
+        before = len(self.cache)
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        for start in range(0, len(missing), chunk):
+            self(list(missing[start : start + chunk]))
+        if store is not None and len(self.cache) > before:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            names = list(self.cache)
+            partial = store.with_name(f".{store.name}.{os.getpid()}.part")  # concurrent runs each write whole
+            safetensors.torch.save_file(
+                {"pooled": torch.stack([self.cache[c] for c in names]).cpu().contiguous()},
+                str(partial),
+                metadata={"text_tower": tower, "captions": json.dumps(names)},
+            )
+            partial.replace(store)
+
+    def _tower_digest(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.text_model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
     def __call__(self, captions: list[str]) -> torch.Tensor:
         unique = list(dict.fromkeys(captions))
         position = {caption: i for i, caption in enumerate(unique)}
@@ -88,6 +138,18 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Any:
         if step < warmup:
             return (step + 1) / warmup
         progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def warmup_cosine_over(budget_used: list[float], warmup: int, min_ratio: float) -> Any:
+    """Warmup by steps, then a cosine over the share of the time budget used (`budget_used[0]`)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(budget_used[0], 1.0)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -153,23 +215,49 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
     train_data, val_data = split(data, config.data.val_fraction, config.seed)
     if data.class_names:
         bundle.meta.class_names = data.class_names
-    if data.labels is not None and not data.numerals:
+    if data.prompt_templates:
+        bundle.meta.prompt_templates = data.prompt_templates
+    elif data.labels is not None and not data.numerals:
         bundle.meta.prompt_templates = ["a photo of a {}.", "a {}.", "{}"]
     templates = bundle.meta.prompt_templates
     log.info("training on %d pairs, validating on %d", len(train_data), len(val_data) if val_data else 0)
+    if config.save_init and not (config.resume and has_state(config.state_dir)):
+        _save_bundle(bundle, config.output.with_name(config.output.name + "-init"), Progress(), config)
+    cross_style = config.cross_style_weight > 0 and train_data.labels is not None
+    concept_bank_weight = (
+        config.concept_bank_weight if train_data.class_captions and config.label_aware else 0.0
+    )
+    if config.cross_style_weight > 0 and not cross_style:
+        log.warning("cross_style_weight is set but the data has no labels: no cross-style pairs")
+    assert train_data.labels is not None or not cross_style
 
     trainable = apply_freezing(model, config.freeze, config.unlock_last_n)
     log.info("%d trainable tensors (%s)", len(trainable), config.freeze)
     optimizer = build_optimizer(model, config)
-    batches_per_epoch = max(len(train_data) // config.batch_size, 1)
+    batches_per_epoch = config.batches_per_epoch or max(len(train_data) // config.batch_size, 1)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accumulation)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(config.warmup_steps, steps_per_epoch * config.epochs, config.min_lr_ratio)
+    # "time": the cosine runs over the time budget (max_minutes), so a run on a busy machine still
+    # ends its schedule when its budget ends; "steps": over epochs x steps per epoch.
+    budget_used = [0.0]
+    schedule = (
+        warmup_cosine(config.warmup_steps, steps_per_epoch * config.epochs, config.min_lr_ratio)
+        if config.schedule == "steps"
+        else warmup_cosine_over(budget_used, config.warmup_steps, config.min_lr_ratio)
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     autocast, scaler = _autocast(device, config)
     generator = torch.Generator().manual_seed(config.seed)
-    fill = background_fill(bundle.image_processor)
+    fill = background_fill(bundle.image_processor, white=data.white_background)
+    mean, std = normalisation(bundle.image_processor)
     captions = CaptionEncoder(model, embedder)
+    if captions.frozen and train_data.class_captions:
+        started = time.perf_counter()
+        captions.warm([c for options in train_data.class_captions for c in options], config.text_cache)
+        log.info(
+            "cached the frozen text tower's outputs for %d captions in %.0f s",
+            len(captions.cache),
+            time.perf_counter() - started,
+        )
     progress = Progress()
     if config.resume and has_state(config.state_dir):
         progress = load_state(config.state_dir, model, optimizer, scheduler, scaler, generator)
@@ -183,6 +271,18 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
         if captions.frozen:
             model.text_model.eval()  # no dropout in a frozen tower: its cached outputs stay exact
         order = torch.randperm(len(train_data), generator=generator)
+        pairs = (
+            cross_style_batches(
+                train_data.labels,  # type: ignore[arg-type]
+                train_data.styles,
+                config.batch_size // 2,
+                batches_per_epoch,
+                generator,
+                config.line_art_share,
+            )
+            if cross_style
+            else None
+        )
         started, cpu_started, losses, seen = time.perf_counter(), time.process_time(), [], 0
         bar = progress_bar(
             range(batches_per_epoch),
@@ -191,18 +291,50 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
             leave=False,
         )
         for batch in bar:
-            indices = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            pixels = augment(train_data.pixels[indices].to(device), config.augment, generator, fill)
+            if pairs is not None:
+                first, second = pairs[batch]
+                indices = torch.cat([first, second])
+            else:
+                indices = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+            pixels = train_data.pixels[indices].to(device)
+            if train_data.white_background:
+                styles = train_data.styles
+                line_art = torch.tensor(
+                    [styles is not None and styles[int(i)] == LINE_ART_STYLE for i in indices]
+                )
+                pixels = drawing_augment(pixels, line_art, config.augment, generator, mean, std)
+            pixels = augment(pixels, config.augment, generator, fill)
             texts = sample_captions(train_data, indices, generator)
             labels = (
                 train_data.labels[indices].to(device)
                 if (config.label_aware and train_data.labels is not None)
                 else None
             )
+            text_keys = None
+            if config.label_aware and train_data.class_captions is not None:
+                distinct = {text: key for key, text in enumerate(dict.fromkeys(texts))}
+                text_keys = torch.tensor([distinct[text] for text in texts], device=device)
             with autocast():
                 image_embeds = image_features(model, pixels)
-                loss = clip_loss(image_embeds, captions(texts), model.logit_scale, labels)
-                if config.image_pair_weight > 0:
+                loss = clip_loss(image_embeds, captions(texts), model.logit_scale, labels, text_keys)
+                if concept_bank_weight > 0:
+                    # Every concept's caption (one sampled per concept this step) as a negative, not only
+                    # the batch's: a softmax over all the concepts, the image's own concept the target.
+                    assert labels is not None
+                    assert train_data.class_captions is not None
+                    bank = captions(sample_class_captions(train_data.class_captions, generator))
+                    bank_loss = concept_bank_loss(image_embeds, bank, model.logit_scale, labels)
+                    loss = loss + concept_bank_weight * bank_loss
+                if pairs is not None:
+                    half = len(indices) // 2
+                    pair = image_pair_loss(
+                        image_embeds[:half],
+                        image_embeds[half:],
+                        model.logit_scale,
+                        None if labels is None else labels[:half],
+                    )
+                    loss = loss + config.cross_style_weight * pair
+                elif config.image_pair_weight > 0:
                     second = augment(train_data.pixels[indices].to(device), config.augment, generator, fill)
                     pair = image_pair_loss(
                         image_embeds, image_features(model, second), model.logit_scale, labels
@@ -220,6 +352,9 @@ def train(config: TrainConfig, *, stop_after_epoch: int | None = None) -> TrainR
                     scaler.update()
                 else:
                     optimizer.step()
+                if config.max_minutes:
+                    used = progress.train_seconds + time.perf_counter() - started
+                    budget_used[0] = used / (config.max_minutes * 60)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 progress.step += 1

@@ -222,8 +222,29 @@ class VectorStore(Protocol):
 
     def count(self, collection: str) -> int: ...
 
-    def finish_version(self, alias: str, collection: str, *, keep: int) -> None:
-        """Mark complete, swap the alias to it atomically, drop versions beyond `keep`."""
+    def finish_version(
+        self, alias: str, collection: str, *, keep: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Mark complete, swap the alias to it atomically, drop versions beyond `keep` (the most
+        recently published stay). `extra`: more manifest facts, written with the swap."""
+        ...
+
+    def restore_version(
+        self, alias: str, collection: str, *, keep: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Swap the alias back to a complete version published before (a rollback)."""
+        ...
+
+    def previous_version(self, alias: str) -> CollectionInfo | None:
+        """The complete version published most recently before the live one; None if none."""
+        ...
+
+    def versions(self, alias: str) -> list[CollectionInfo]:
+        """Every version of `alias`, newest first (complete or not)."""
+        ...
+
+    def drop_version(self, alias: str, collection: str) -> None:
+        """Drop a version that is not live (StoreError for the live one)."""
         ...
 
     def close(self) -> None: ...

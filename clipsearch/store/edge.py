@@ -2,9 +2,16 @@
 
 Layout under the root directory:
 
-    root/.edge.lock                fcntl lock: one process owns the store at a time
+    root/.edge.lock                fcntl lock, held only while the manifest is changed
     root/manifest.json             aliases -> live version, per-version manifest (atomic rewrite)
     root/collections/<version>/    one Edge shard per physical collection (WAL + segments)
+
+Several processes may open one store: a gateway serves the live versions while an indexer
+builds a new version beside them and publishes it. What Edge allows is one process per
+version (shard) at a time: a writer holds the version it builds and lets go of it when it
+publishes; a reader loads published versions when asked and lets go of a version once it has
+stopped being live and has not been used for a while, so that a later writer can drop it.
+Every process re-reads the manifest when the file changes.
 
 Unlike qdrant-client's local mode (brute force in Python), Edge builds HNSW and payload
 indexes, so search stays in the sub-millisecond range at 100k points. This is the only module
@@ -20,12 +27,12 @@ import math
 import os
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
@@ -40,7 +47,7 @@ from clipsearch.store.base import (
     StoreUnavailable,
     validate_filter,
 )
-from clipsearch.store.versions import VersionedStore, describe, in_use, version_number
+from clipsearch.store.versions import VersionedStore, describe, version_number
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".edge.lock"  # not ".lock": that is qdrant-client local mode's lock file
@@ -48,8 +55,14 @@ COLLECTIONS_DIR = "collections"
 _UPSERT_BATCH = 1024
 _SCROLL_PAGE = 10_000
 # Kept in each version's manifest entry for stores written before the version policy was shared;
-# the policy itself reads alias and number from the name.
-_EDGE_KEYS = ("alias", "number")
+# the policy itself reads alias and number from the name. "points" is the count at publishing,
+# for describing a published version that another process holds.
+_EDGE_KEYS = ("alias", "number", "points")
+# A version that stopped being live is let go of after this long unused (queries resolved to it
+# just before the alias moved still finish on it), so that another process can drop it.
+RELEASE_AFTER_S = 30.0
+# Edge refuses to open a shard another process (or another EdgeShard) holds: its WAL is locked.
+_HELD_ELSEWHERE = "WouldBlock"
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class EdgeStore(VersionedStore):
-    """`VectorStore` on Qdrant Edge shards under one root directory, owned by one process."""
+    """`VectorStore` on Qdrant Edge shards under one root directory, shared by processes."""
 
     # Sub-millisecond to a few ms per search, GIL held throughout (see VectorStore.in_process).
     in_process = True
@@ -185,42 +198,40 @@ class EdgeStore(VersionedStore):
         self._guard = threading.RLock()
         self._shards: dict[str, qe.EdgeShard] = {}
         self._unindexed: dict[str, int] = {}  # points upserted since the last segment was indexed
+        self._used: dict[str, float] = {}  # version -> when this process last used it
+        self._writing: set[str] = set()  # versions this process created and has not published
         self._closed = False
+        self._seen: tuple[int, int, int] | None = None  # the manifest file's (inode, size, mtime)
+        self._retired_check = 0.0
+        self._state: dict[str, Any] = {"aliases": {}, "versions": {}}
         try:
             (self.root / COLLECTIONS_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the store directory {self.root}: {exc}") from exc
-        self._lock_file = self._acquire_lock()
-        self._state = self._read_manifest()
-        self._remove_orphans()
+        with self._exclusive():
+            self._remove_orphans()
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> IO[str]:
-        handle = open(self.root / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the store's lifetime
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            handle.close()
-            raise in_use(self.root) from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        return handle
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the store's lock (other processes wait) with the manifest freshly read: changes to
+        the manifest are made inside, so none is lost to another process's."""
+        with self._guard, open(self.root / LOCK_NAME, "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                self._refresh()
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._guard:
             if self._closed:
                 return
-            for shard in self._shards.values():
-                with contextlib.suppress(Exception):
-                    shard.flush()
-                shard.close()
-            self._shards.clear()
+            for name in list(self._shards):
+                self._let_go(name)
             self._closed = True
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -236,18 +247,36 @@ class EdgeStore(VersionedStore):
 
     # --- the manifest file -----------------------------------------------------------------
 
-    def _read_manifest(self) -> dict[str, Any]:
+    def _refresh(self) -> None:
+        """Re-read the manifest when the file changed (another process published or dropped), and
+        now and then let go of versions that stopped being live a while ago."""
         path = self.root / MANIFEST_NAME
-        if not path.exists():
-            return {"aliases": {}, "versions": {}}
         try:
-            state: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"the store manifest {path} is unreadable: {exc}") from exc
-        return state
+            stat = path.stat()
+        except FileNotFoundError:
+            return  # a new store: nothing published yet
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read the store manifest {path}: {exc}") from exc
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if seen != self._seen:
+            try:
+                state: dict[str, Any] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"the store manifest {path} is unreadable: {exc}") from exc
+            self._state, self._seen = state, seen
+        now = time.monotonic()
+        if now - self._retired_check > RELEASE_AFTER_S / 10:
+            self._retired_check = now
+            live = set(self._state["aliases"].values())
+            for name in list(self._shards):
+                if name in live or name in self._writing:
+                    continue
+                if name not in self._state["versions"] or now - self._used.get(name, 0) > RELEASE_AFTER_S:
+                    self._let_go(name)
 
     def _write_manifest(self) -> None:
-        """Write-to-temp, fsync, rename: readers of the file see the old or the new manifest, whole."""
+        """Write-to-temp, fsync, rename: readers of the file see the old or the new manifest, whole.
+        Called inside `_exclusive`."""
         path = self.root / MANIFEST_NAME
         temp = path.with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp")
         with open(temp, "w") as handle:
@@ -256,9 +285,12 @@ class EdgeStore(VersionedStore):
             os.fsync(handle.fileno())
         os.replace(temp, path)
         _fsync_dir(self.root)
+        stat = path.stat()
+        self._seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def _remove_orphans(self) -> None:
-        """Shard directories the manifest does not name: left by a crash mid-create or mid-drop."""
+        """Shard directories the manifest does not name (left by a crash mid-create or mid-drop),
+        and temporary manifests. Called inside `_exclusive`, as every change of either is."""
         for entry in (self.root / COLLECTIONS_DIR).iterdir():
             if entry.name not in self._state["versions"]:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -268,20 +300,45 @@ class EdgeStore(VersionedStore):
     def _shard(self, collection: str) -> qe.EdgeShard:
         self.ping()
         with self._guard:
+            self._used[collection] = time.monotonic()
             shard = self._shards.get(collection)
             if shard is None:
+                self._refresh()
                 self._manifest(collection)
                 try:
                     shard = qe.EdgeShard.load(str(self.root / COLLECTIONS_DIR / collection))
                 except Exception as exc:  # Edge raises bare Exception
+                    if _HELD_ELSEWHERE in str(exc):
+                        raise StoreUnavailable(
+                            f"collection version {collection!r} of the embedded store at {self.root} is "
+                            "in use by another process (a gateway serving it, or an indexer writing into "
+                            "it): one process at a time may open a version. A full index builds a new "
+                            "version beside it; or stop the other process, or point both at a Qdrant "
+                            "server URL."
+                        ) from None
+                    if not (self.root / COLLECTIONS_DIR / collection).is_dir():
+                        raise CollectionNotFound(f"collection {collection!r} was dropped") from None
                     raise StoreUnavailable(f"cannot open collection {collection!r}: {exc}") from exc
                 self._shards[collection] = shard
             return shard
 
+    def _let_go(self, name: str) -> None:
+        """Flush and close a version this process holds, so that others may open it."""
+        shard = self._shards.pop(name, None)
+        self._used.pop(name, None)
+        if shard is not None:
+            with contextlib.suppress(Exception):
+                shard.flush()
+            shard.close()
+
     # --- primitives of the version policy ---------------------------------------------------
 
-    def _op(self, action: str) -> AbstractContextManager[object]:
-        return self._guard  # the methods below raise StoreError themselves
+    @contextlib.contextmanager
+    def _op(self, action: str) -> Iterator[None]:
+        # The methods below raise StoreError themselves; here the manifest is brought up to date.
+        with self._guard:
+            self._refresh()
+            yield
 
     def _names(self) -> list[str]:
         return list(self._state["versions"])
@@ -296,53 +353,101 @@ class EdgeStore(VersionedStore):
         return {key: value for key, value in entry.items() if key not in _EDGE_KEYS}
 
     def _describe(self, name: str, alias: str | None) -> CollectionInfo | None:
-        if name not in self._state["versions"]:
+        entry = self._state["versions"].get(name)
+        if entry is None:
             return None
-        return describe(name, alias, self._manifest(name), self.count(name))
+        try:
+            count = self.count(name)
+        except StoreUnavailable:
+            if "points" not in entry:  # not published: its writer holds it
+                raise
+            count = int(entry["points"])  # published, and held by another process
+        return describe(name, alias, self._manifest(name), count)
 
     def _create(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
         self.ping()
         path = self.root / COLLECTIONS_DIR / name
-        try:
-            shard = qe.EdgeShard.create(
-                str(path), self.tuning.edge_config(manifest["dim"], manifest["vector_names"])
-            )
-            for field_name, kind in FILTERABLE_FIELDS.items():
-                shard.update(qe.UpdateOperation.create_field_index(field_name, _payload_schema(kind)))
-            shard.flush()
-        except Exception as exc:
-            shutil.rmtree(path, ignore_errors=True)
-            raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
-        self._shards[name] = shard
-        self._state["versions"][name] = {"alias": alias, "number": version_number(name, alias), **manifest}
-        self._write_manifest()
+        with self._exclusive():  # the directory and its manifest entry appear together for others
+            try:
+                shard = qe.EdgeShard.create(
+                    str(path), self.tuning.edge_config(manifest["dim"], manifest["vector_names"])
+                )
+                for field_name, kind in FILTERABLE_FIELDS.items():
+                    shard.update(qe.UpdateOperation.create_field_index(field_name, _payload_schema(kind)))
+                shard.flush()
+            except Exception as exc:
+                shutil.rmtree(path, ignore_errors=True)
+                raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
+            self._shards[name] = shard
+            self._writing.add(name)
+            self._state["versions"][name] = {
+                "alias": alias,
+                "number": version_number(name, alias),
+                **manifest,
+            }
+            self._write_manifest()
 
     def _publish(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
         shard = self._shard(name)
         try:
             shard.optimize()  # builds the HNSW graph and merges segments before readers switch over
             shard.flush()
+            points = int(shard.count(qe.CountRequest(exact=True)))
         except Exception as exc:
             raise StoreError(f"indexing {name!r} failed: {exc}") from exc
-        self._state["versions"][name].update(manifest)
-        self._state["aliases"][alias] = name
-        self._write_manifest()  # the alias swap: one atomic rename
+        # Readers in other processes open the version once the alias points at it: let go first.
+        self._writing.discard(name)
+        self._let_go(name)
+        with self._exclusive():
+            if name not in self._state["versions"]:
+                raise CollectionNotFound(f"collection {name!r} was dropped while it was published")
+            self._state["versions"][name].update(manifest, points=points)
+            self._state["aliases"][alias] = name
+            self._write_manifest()  # the alias swap: one atomic rename
 
-    def _drop(self, names: Sequence[str]) -> None:
-        for name in names:
-            del self._state["versions"][name]
-        self._write_manifest()  # forget first: a crash mid-delete leaves orphans, removed on open
-        for name in names:
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
+    def _repoint(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        # Optimised when first published: only the alias moves (a reader may hold the version).
+        with self._exclusive():
+            if name not in self._state["versions"]:
+                raise CollectionNotFound(f"collection {name!r} was dropped")
+            self._state["versions"][name].update(manifest)
+            self._state["aliases"][alias] = name
+            self._write_manifest()
+
+    def _describe_at_rest(self, name: str, alias: str | None) -> CollectionInfo | None:
+        entry = self._state["versions"].get(name)
+        if entry is None or name in self._shards or "points" not in entry:
+            return self._describe(name, alias)
+        return describe(name, alias, self._manifest(name), int(entry["points"]))
+
+    def _drop(self, names: Sequence[str]) -> list[str]:
+        with self._exclusive():
+            dropped = [name for name in names if name in self._state["versions"] and self._free(name)]
+            for name in dropped:
+                del self._state["versions"][name]
+            if dropped:
+                self._write_manifest()  # forget first: a crash mid-delete leaves orphans, removed on open
+        for name in dropped:
             shutil.rmtree(self.root / COLLECTIONS_DIR / name, ignore_errors=True)
+        return dropped
+
+    def _free(self, name: str) -> bool:
+        """Whether no other process holds version `name` (a gateway still serving it): such a
+        version stays, and a later prune drops it once its holder has let go."""
+        self._writing.discard(name)
+        self._let_go(name)
+        try:
+            qe.EdgeShard.load(str(self.root / COLLECTIONS_DIR / name)).close()
+        except Exception as exc:
+            return _HELD_ELSEWHERE not in str(exc)
+        return True
 
     def _search(
         self, name_or_alias: str, query: np.ndarray, *, using: str, k: int, offset: int, filter: Any
     ) -> list[SearchHit]:
         condition = to_edge_filter(filter)
         with self._guard:
+            self._refresh()
             name = self._state["aliases"].get(name_or_alias, name_or_alias)
             manifest = self._manifest(name)
         if using not in manifest["vector_names"]:
@@ -386,6 +491,7 @@ class EdgeStore(VersionedStore):
         if not points:
             return
         shard = self._shard(collection)
+        self._writing.add(collection)  # held while written, whatever its age
         try:
             for start in range(0, len(points), _UPSERT_BATCH):
                 batch = [
@@ -418,6 +524,7 @@ class EdgeStore(VersionedStore):
             return
         try:
             self._shard(collection).update(qe.UpdateOperation.delete_points(wanted))
+            self._writing.add(collection)
         except Exception as exc:
             raise StoreError(f"delete from {collection!r} failed: {exc}") from exc
 

@@ -25,7 +25,7 @@ from clipsearch.store.base import (
     StoreUnavailable,
     validate_filter,
 )
-from clipsearch.store.versions import VersionedStore, describe, in_use
+from clipsearch.store.versions import VersionedStore, describe
 
 # Collection metadata key under which clipsearch records what built a version.
 MANIFEST_KEY = "clipsearch"
@@ -171,9 +171,10 @@ class QdrantStore(VersionedStore):
         # One request: readers see the old version or the new one, never no collection.
         self._client.update_collection_aliases(change_aliases_operations=operations)
 
-    def _drop(self, names: Sequence[str]) -> None:
+    def _drop(self, names: Sequence[str]) -> list[str]:
         for name in names:
             self._client.delete_collection(name)
+        return list(names)
 
     def _facet(self, name: str, key: str, limit: int) -> list[tuple[Any, int]]:
         reply = self._client.facet(name, key, limit=limit, exact=True)
@@ -262,7 +263,12 @@ def open_qdrant(
         client = QdrantClient(path=str(path))
     except RuntimeError as exc:
         if _LOCKED_MESSAGE in str(exc):
-            raise in_use(path) from None
+            raise StoreUnavailable(
+                f"the local-mode vector store at {path} is in use by another process (for example "
+                "the gateway). qdrant-client's local mode allows one process at a time: run the indexer "
+                "before starting the gateway, use the default embedded store (Qdrant Edge), or point "
+                "both at a Qdrant server URL."
+            ) from None
         raise StoreUnavailable(f"cannot open the embedded vector store at {path}: {exc}") from None
     except OSError as exc:
         raise StoreUnavailable(f"cannot open the embedded vector store at {path}: {exc}") from None

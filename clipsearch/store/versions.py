@@ -15,12 +15,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError, StoreUnavailable
+from clipsearch.store.base import IMAGE_VECTOR, CollectionInfo, SearchHit, StoreError
 
 _ALIAS = re.compile(r"[A-Za-z0-9_.-]+")
 _SEPARATOR = "__v"
@@ -78,32 +77,45 @@ def describe(
     )
 
 
-def to_prune(newest_first: Sequence[tuple[str, bool]], live: str | None, keep: int) -> list[str]:
-    """The versions to drop, of (name, complete) pairs: complete ones beyond the newest `keep`
-    (the live one always stays and counts), and unfinished builds older than the live version
-    (abandoned; newer ones may still be running)."""
-    dropped: list[str] = []
-    kept_complete = 0
+def to_prune(
+    newest_first: Sequence[tuple[str, bool]],
+    live: str | None,
+    keep: int,
+    recently_published: Sequence[str] | None = None,
+) -> list[str]:
+    """The versions to drop, of (name, complete) pairs: complete ones beyond the `keep` most recently
+    published (the live one always stays and counts), and unfinished builds older than the live
+    version (abandoned; newer ones may still be running).
+
+    `recently_published`: the complete versions, most recently published first (a rollback publishes
+    an older version again, so what it replaced is the one to keep for the next rollback); default:
+    creation order.
+    """
+    complete = [name for name, done in newest_first if done and name != live]
+    if recently_published is not None:
+        listed = set(complete)
+        complete = [name for name in recently_published if name in listed]
+    dropped = complete[max(keep, 1) - (1 if live is not None else 0) :]
     past_live = False
-    for name, complete in newest_first:
+    for name, done in newest_first:
         if name == live:
-            kept_complete += 1
             past_live = True
-        elif complete:
-            kept_complete += 1
-            if kept_complete > max(keep, 1):
-                dropped.append(name)
-        elif past_live:
+        elif not done and past_live:
             dropped.append(name)
     return dropped
 
 
-def in_use(path: str | Path) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"the embedded vector store at {path} is in use by another process (for example the "
-        "gateway). The embedded store allows one process at a time: run the indexer before "
-        "starting the gateway, or point both at a Qdrant server URL."
-    )
+def published_order(manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Complete versions, most recently published first (`published_at`, else `finished_at`)."""
+    complete = [(name, manifest) for name, manifest in manifests.items() if manifest.get("complete")]
+    return [
+        name
+        for name, _ in sorted(
+            complete,
+            key=lambda pair: float(pair[1].get("published_at") or pair[1].get("finished_at") or 0.0),
+            reverse=True,
+        )
+    ]
 
 
 class VersionedStore(ABC):
@@ -139,8 +151,20 @@ class VersionedStore(ABC):
     def _publish(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
         """Write the manifest of `name` and point `alias` at it; readers see the old or the new."""
 
+    def _repoint(self, alias: str, name: str, manifest: dict[str, Any]) -> None:
+        """Point `alias` back at `name`, a version published before, with its manifest updated; a
+        backend whose `_publish` prepares the version (Edge optimises, and so opens and holds it)
+        overrides this to only move the alias."""
+        self._publish(alias, name, manifest)
+
+    def _describe_at_rest(self, name: str, alias: str | None) -> CollectionInfo | None:
+        """`_describe` without opening the version where opening costs (Edge: this process would
+        hold it, and a gateway could not open it once it is live again)."""
+        return self._describe(name, alias)
+
     @abstractmethod
-    def _drop(self, names: Sequence[str]) -> None: ...
+    def _drop(self, names: Sequence[str]) -> list[str]:
+        """Drop the versions `names`; returns those dropped (a backend may keep one still in use)."""
 
     @abstractmethod
     def _search(
@@ -245,23 +269,60 @@ class VersionedStore(ABC):
                     return name
         return None
 
-    def finish_version(self, alias: str, collection: str, *, keep: int) -> None:
+    def finish_version(
+        self, alias: str, collection: str, *, keep: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Mark `collection` complete, point `alias` at it, drop versions beyond `keep`. `extra`: more
+        facts for its manifest (an evaluation), written in the same step."""
         with self._op(f"publish {collection!r} as {alias!r}"):
             manifest = self._manifest(collection)
             if version_number(collection, alias) is None:
                 raise StoreError(f"collection {collection!r} is not a version of {alias!r}")
-            manifest.update(complete=True, finished_at=time.time())
+            now = time.time()
+            manifest.update({**(extra or {}), "complete": True, "finished_at": now, "published_at": now})
             self._publish(alias, collection, manifest)
         self.prune_versions(alias, keep=keep)
+
+    def restore_version(
+        self, alias: str, collection: str, *, keep: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Point `alias` back at `collection`, a complete version published before (a rollback)."""
+        with self._op(f"publish {collection!r} again as {alias!r}"):
+            if version_number(collection, alias) is None or collection not in self._names():
+                raise StoreError(f"collection {collection!r} is not a version of {alias!r}")
+            manifest = self._manifest(collection)
+            if not manifest.get("complete"):
+                raise StoreError(f"version {collection!r} was never completed; it cannot be published")
+            manifest.update({**(extra or {}), "published_at": time.time()})
+            self._repoint(alias, collection, manifest)
+        self.prune_versions(alias, keep=keep)
+
+    def previous_version(self, alias: str) -> CollectionInfo | None:
+        """The complete version published most recently before the live one (what a rollback
+        restores), None when there is none."""
+        with self._op(f"list versions of {alias!r}"):
+            live = self._aliases().get(alias)
+            order = published_order({name: self._manifest(name) for name in self._newest_first(alias)})
+            for name in order:
+                if name != live and (info := self._describe_at_rest(name, None)) is not None:
+                    return info
+        return None
+
+    def drop_version(self, alias: str, collection: str) -> None:
+        """Drop a version that is not live (a candidate that failed its evaluation)."""
+        with self._op(f"drop {collection!r}"):
+            if version_number(collection, alias) is None:
+                raise StoreError(f"collection {collection!r} is not a version of {alias!r}")
+            if self._aliases().get(alias) == collection:
+                raise StoreError(f"version {collection!r} is live as {alias!r}; it cannot be dropped")
+            if collection in self._names():
+                self._drop([collection])
 
     def prune_versions(self, alias: str, *, keep: int) -> list[str]:
         """Drop what `to_prune` says; returns the dropped names."""
         with self._op(f"drop old versions of {alias!r}"):
             live = self._aliases().get(alias)
-            newest_first = [
-                (name, bool(self._manifest(name).get("complete"))) for name in self._newest_first(alias)
-            ]
-            dropped = to_prune(newest_first, live, keep)
-            if dropped:
-                self._drop(dropped)
-        return dropped
+            manifests = {name: self._manifest(name) for name in self._newest_first(alias)}
+            newest_first = [(name, bool(manifest.get("complete"))) for name, manifest in manifests.items()]
+            dropped = to_prune(newest_first, live, keep, published_order(manifests))
+            return self._drop(dropped) if dropped else []

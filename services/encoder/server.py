@@ -7,6 +7,11 @@ Health (grpc.health.v1) answers for these service names:
   caller of one model need not wait for the others. A fingerprint is known once its model is loaded.
 All turn NOT_SERVING when the server stops.
 
+While serving, the checkpoint directories are looked at every ENCODER_RELOAD_S seconds
+(ModelRegistry.refresh): a new model directory starts serving under its name, a changed one
+replaces its name's weights (the replaced weights stay served by fingerprint, ENCODER_KEEP_REPLACED
+per name), without a restart; health follows (a new fingerprint SERVING, an unloaded one NOT_SERVING).
+
 `serve` runs it until SIGTERM/SIGINT (the `python -m services.encoder` entry
 point); `serve_in_thread` runs it on its own event loop in a background thread
 (tests, benchmarks, and other services' tests through the `encoder_target` fixture).
@@ -26,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clipsearch.encoder_client import model_health_service
+from clipsearch.grpc_guard import DecodeGuard
 from clipsearch.grpc_request_id import RequestIdInterceptor, ServerInterceptor
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.auth import ApiKeyInterceptor
@@ -56,6 +62,7 @@ class EncoderServer:
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind and accept calls, health NOT_SERVING until `load_models()` is done."""
@@ -66,8 +73,12 @@ class EncoderServer:
         interceptors: list[ServerInterceptor] = [RequestIdInterceptor(issue=False)]
         if settings.api_key:
             interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
+        # Innermost: a caller without the key is refused as such, whatever bytes it sent.
+        interceptors.append(DecodeGuard(self._count_undecodable))
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
+            # Calls past this are refused by gRPC itself, RESOURCE_EXHAUSTED, before any work.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -92,6 +103,9 @@ class EncoderServer:
             self.metrics_port = self._metrics_server.port
         log.info("encoder listening on %s:%d (metrics port %s)", settings.host, self.port, self.metrics_port)
 
+    def _count_undecodable(self, method: str) -> None:
+        self.metrics.requests.labels(method=method.rsplit("/", 1)[-1], code="INVALID_ARGUMENT").inc()
+
     async def load_models(self) -> None:
         """Load the checkpoints off the event loop, each SERVING once loaded, the whole server at the end.
 
@@ -105,6 +119,21 @@ class EncoderServer:
         for name in HEALTH_NAMES:
             await self.health.set(name, SERVING)
         log.info("encoder serving %s", registry.describe())
+        if self.settings.reload_s > 0:
+            self._watcher = asyncio.create_task(self._watch(registry))
+
+    async def _watch(self, registry: ModelRegistry) -> None:
+        """Pick up new and changed checkpoints until the server stops."""
+        while True:
+            await asyncio.sleep(self.settings.reload_s)
+            try:
+                if await registry.refresh(self._model_loaded, self._model_unloaded):
+                    log.info("encoder serving %s", registry.describe())
+            except Exception:  # a failed look must not end the watching; the next one may work
+                log.exception("looking for new checkpoints failed")
+
+    async def _model_unloaded(self, runtime: EncoderRuntime) -> None:
+        await self.health.set(model_health_service(runtime.fingerprint), NOT_SERVING)
 
     async def _model_loaded(self, runtime: EncoderRuntime) -> None:
         for name in (runtime.name, runtime.fingerprint):
@@ -119,6 +148,9 @@ class EncoderServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)

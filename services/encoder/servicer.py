@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from clipsearch.acceleration import CpuMode
+from clipsearch.overload import DeadlineExpired, Overloaded, follow_deadline, pushback_metadata
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.runtime import (
@@ -54,7 +55,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self, request: encoder_pb2.EmbedTextRequest, context: Context
     ) -> encoder_pb2.EmbedResponse:
         async def work(runtime: EncoderRuntime) -> encoder_pb2.EmbedResponse:
-            texts = list(request.texts)
+            # The repeated field itself: each text becomes a Python string only once it is checked.
+            texts = request.texts
             self._check_count(len(texts), "texts")
             rows = await runtime.embed_texts(texts)
             self.metrics.items.labels(model=runtime.name, kind="text").inc(len(texts))
@@ -70,7 +72,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             "EmbedImages",
             context,
             request.model,
-            lambda runtime: self._embed_all(runtime, list(request.images), sketch=False, auto_domain=auto),
+            lambda runtime: self._embed_all(runtime, request.images, sketch=False, auto_domain=auto),
         )
 
     async def EmbedSketches(
@@ -80,7 +82,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             "EmbedSketches",
             context,
             request.model,
-            lambda runtime: self._embed_all(runtime, list(request.sketches), sketch=True),
+            lambda runtime: self._embed_all(runtime, request.sketches, sketch=True),
         )
 
     async def GetModelInfo(
@@ -96,9 +98,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> encoder_pb2.ListModelsResponse:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            # The loaded ones: a model still loading cannot be called yet (health says which).
+            # The loaded ones: a model still loading cannot be called yet (health says which). Weights a
+            # reload replaced follow their name's current ones, under the same name.
             return encoder_pb2.ListModelsResponse(
-                models=[self._model_info(runtime) for runtime in self._registry().loaded]
+                models=[self._model_info(runtime) for runtime in self._registry().served]
             )
         except Exception as exc:
             code, details = self._status_of(exc, "ListModels")
@@ -126,7 +129,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def StreamEmbedImages(
         self, request_iterator: AsyncIterable[encoder_pb2.ImageBatch], context: Context
     ) -> AsyncIterator[encoder_pb2.ImageBatchResult]:
-        started, code, details = time.perf_counter(), grpc.StatusCode.OK, ""
+        started, details = time.perf_counter(), ""
+        code: grpc.StatusCode | None = grpc.StatusCode.OK
+        trailers: tuple[tuple[str, str], ...] = ()
+        follow_deadline(context)
         try:
             registry = self._registry()
             # The reader starts work on each batch as it arrives; answers go out in order.
@@ -143,15 +149,21 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 while not in_flight.empty():
                     if (leftover := in_flight.get_nowait()) is not None:
                         leftover.cancel()
+        except grpc.aio.AbortError:
+            # Already answered (a batch that does not decode, clipsearch.grpc_guard, which counts it).
+            code = None
+            raise
         except Exception as exc:
             code, details = self._status_of(exc, "StreamEmbedImages")
+            trailers = _pushback(exc)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._observe("StreamEmbedImages", code, started)
-        if code != grpc.StatusCode.OK:
-            await context.abort(code, details)
+            if code is not None:
+                self._observe("StreamEmbedImages", code, started)
+        if code is not None and code != grpc.StatusCode.OK:
+            await context.abort(code, details, trailers)
 
     async def _read_stream(
         self,
@@ -181,9 +193,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def _embed_stream_batch(
         self, runtime: EncoderRuntime, batch: encoder_pb2.ImageBatch
     ) -> encoder_pb2.ImageBatchResult:
-        prepared = await runtime.prepare([item.data for item in batch.items], sketch=False)
+        # Bulk work: bounded by the stream's batches in flight, not refused for the queue's length.
+        prepared = await runtime.prepare([item.data for item in batch.items], sketch=False, interactive=False)
         good = [(p, value.pixels) for p, value in enumerate(prepared) if isinstance(value, Prepared)]
-        rows = await runtime.embed_pixels([value for _, value in good]) if good else np.zeros((0, 0))
+        rows = (
+            await runtime.embed_pixels([value for _, value in good], interactive=False)
+            if good
+            else np.zeros((0, 0))
+        )
         vectors = {position: row for (position, _), row in zip(good, rows, strict=True)}
         results = []
         for position, item in enumerate(batch.items):
@@ -196,7 +213,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return encoder_pb2.ImageBatchResult(results=results, model_fingerprint=runtime.fingerprint)
 
     async def _embed_all(
-        self, runtime: EncoderRuntime, datas: list[bytes], *, sketch: bool, auto_domain: bool = False
+        self, runtime: EncoderRuntime, datas: Sequence[bytes], *, sketch: bool, auto_domain: bool = False
     ) -> encoder_pb2.EmbedResponse:
         self._check_count(len(datas), "sketches" if sketch else "images")
         prepared = await runtime.prepare(datas, sketch=sketch, auto_domain=auto_domain)
@@ -237,6 +254,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> T:
         """Run `work` with the runtime of the model the call names; errors to status codes."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        follow_deadline(context)
         try:
             return await work(self._registry().resolve(model))
         except asyncio.CancelledError:
@@ -244,9 +262,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             raise
         except Exception as exc:
             code, details = self._status_of(exc, method)
+            trailers = _pushback(exc)
         finally:
             self._observe(method, code, started)
-        await context.abort(code, details)
+        await context.abort(code, details, trailers)
 
     @staticmethod
     def _status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
@@ -256,12 +275,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             return grpc.StatusCode.NOT_FOUND, str(exc)
         if isinstance(exc, ModelNotReady):
             return grpc.StatusCode.UNAVAILABLE, str(exc)
+        if isinstance(exc, Overloaded):  # refused at once, before any work: the caller retries later
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        if isinstance(exc, DeadlineExpired):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
         log.exception("%s failed", method, exc_info=exc)
         return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the encoder log"
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(method=method, code=code.name).inc()
         self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
+
+
+def _pushback(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    return pushback_metadata(exc.retry_after_s) if isinstance(exc, Overloaded) else ()
 
 
 def serving_dtype(runtime: EncoderRuntime) -> str:

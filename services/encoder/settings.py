@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from clipsearch.acceleration import AUTO, parse_cpu_mode
 from clipsearch.affinity import cpu_setting
 from clipsearch.bootstrap import ServiceSettings
+from clipsearch.image_limits import DEFAULT_MAX_DECODED_BYTES
 from clipsearch.onnx_text import parse_text_runtime
 from clipsearch.preprocess import DEFAULT_MAX_PIXELS
 
@@ -66,6 +67,19 @@ class EncoderSettings(ServiceSettings):
     mnist=var/checkpoints/mnist-compact-distilled,emoji=var/checkpoints/emoji); calls name the model
     they want. Set, it replaces `checkpoint` (compose always passes one); unset or empty: the one
     `checkpoint`, served under its directory name."""
+    models_dir: Path | None = None
+    """A models directory: each visible subdirectory holding a checkpoint is served under its
+    directory name, beside the ENCODER_MODELS entries (a name given there wins). With it and without
+    ENCODER_MODELS, `checkpoint` is served only when set explicitly."""
+    reload_s: float = Field(default=10.0, ge=0)
+    """How often, in seconds, the local checkpoint directories (ENCODER_MODELS entries, the
+    checkpoint, the models directory) are looked at while serving: a new model directory is loaded
+    and served, a changed one is loaded and replaces its name's weights, without a restart. 0: never
+    (models load at start only). See services/encoder/model_dirs.py for when a directory is loaded."""
+    keep_replaced: int = Field(default=1, ge=0, le=8)
+    """Weights a reload replaced stay served by their fingerprint, this many per name (a collection
+    built by them keeps answering until it is re-indexed, and can be rolled back to); older ones are
+    unloaded."""
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port; 0 binds any free port (tests), which the server reports."""
@@ -94,7 +108,25 @@ class EncoderSettings(ServiceSettings):
     max_items_per_request: int = Field(default=256, ge=1)
     max_image_bytes: int = Field(default=10 * MIB, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    max_message_bytes: int = Field(default=64 * MIB, ge=1024)
+    max_decoded_bytes: int = Field(default=DEFAULT_MAX_DECODED_BYTES, ge=MIB)
+    """What decoding one image may hold at once (clipsearch.image_limits): about 16 megapixels of RGB."""
+    max_message_bytes: int = Field(default=32 * MIB, ge=1024)
+    """A message costs about twice its size while it is handled (gRPC's buffer and the parsed copy):
+    32 MiB keeps one call near 100 MB. The indexer's batches must fit (its batch size times its
+    images' size)."""
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    """Overload (clipsearch.overload): calls in progress past which gRPC refuses at once
+    (RESOURCE_EXHAUSTED)."""
+    max_queued_items: int = Field(default=512, ge=1)
+    """Items waiting per model and kind (texts; images decoding or waiting, all models together) past
+    which a call is refused at once, RESOURCE_EXHAUSTED with grpc-retry-pushback-ms. A stream's
+    batches (bulk indexing) are bounded by the stream instead."""
+    max_queue_wait_ms: float = Field(default=2000.0, gt=0)
+    """An item that waited longer is refused rather than started: a backstop for callers without a
+    deadline (one with a deadline is never started past it), long enough that a stall of the
+    machine is not taken for overload."""
+    retry_after_s: float = Field(default=1.0, gt=0)
+    """What a refused caller is told to wait (grpc-retry-pushback-ms)."""
     preprocess_threads: int = Field(default=2, ge=1)
     """Threads decoding and preprocessing images (inference has its own single thread)."""
     api_key: SecretStr | None = None
@@ -133,7 +165,9 @@ class EncoderSettings(ServiceSettings):
         return value
 
     def model_sources(self) -> list[ModelSource]:
-        """The models to serve, in the order given."""
+        """The models to serve, in the order given (the models directory's come on top of these)."""
+        if self.models is None and self.models_dir is not None and "checkpoint" not in self.model_fields_set:
+            return []
         if self.models is None:
             # Imported here: the settings load (and --help answers) without torch.
             from clipsearch.checkpoint import checkpoint_name

@@ -14,6 +14,7 @@ from clipsearch.bootstrap import UserError, run_service
 from services.gateway.app import create_app
 from services.gateway.deps import build_core
 from services.gateway.grpc_server import GrpcGateway
+from services.gateway.http_limits import uvicorn_options
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.gateway")
@@ -33,6 +34,7 @@ async def serve(settings: GatewaySettings) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
+        **uvicorn_options(settings),  # the HTTP server's limits
     )
     server = uvicorn.Server(config)
     log.info(

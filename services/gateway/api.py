@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import get_core, require_api_key
 from services.gateway.errors import NotFound, PayloadTooLarge, QueryError
 from services.gateway.media_files import MediaFile, read_media
 from services.gateway.schemas import (
+    MAX_LABELS_READ,
+    MAX_QUERY_BODY_BYTES,
     ClassifyQuery,
     ClassifyResponse,
     CollectionsResponse,
@@ -25,9 +26,13 @@ from services.gateway.schemas import (
     ImageOptions,
     MixedQuery,
     QueryPart,
+    RequestModel,
     SearchOptions,
     SearchResponse,
     TextQuery,
+    check_count,
+    filter_from_json,
+    reading,
 )
 from services.gateway.search import SearchCore
 
@@ -42,7 +47,7 @@ probes = APIRouter()
 # --- the JSON form of a mixed query (uploads base64-encoded) ---
 
 
-class PartBody(BaseModel):
+class PartBody(RequestModel):
     """One part of a mixed query: exactly one of text, image, sketch (images base64-encoded)."""
 
     text: str | None = None
@@ -89,21 +94,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # --- helpers ---
 
 
-def parse_filter(raw: str | None) -> dict[str, Any] | None:
-    """A filter given as a JSON string (form fields and query strings)."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        parsed = json.loads(raw)
-    # RecursionError: "[[[[..." nested too deep; ValueError: an integer of more digits than Python
-    # converts (JSONDecodeError is a ValueError too).
-    except (ValueError, RecursionError):
-        raise QueryError('filter must be a JSON object, e.g. {"label": 7}') from None
-    if not isinstance(parsed, dict):
-        raise QueryError('filter must be a JSON object, e.g. {"label": 7}')
-    return parsed
-
-
 async def read_upload(request: Request, upload: UploadFile) -> bytes:
     limit: int = request.app.state.settings.max_upload_bytes
     if upload.size is not None and upload.size > limit:
@@ -118,14 +108,15 @@ def form_options(
     k: int, offset: int, filter: str | None, target: str, collection: str | None, normalization: str = "auto"
 ) -> ImageOptions:
     """Options given as form fields or query parameters (the filter as a JSON string)."""
-    return ImageOptions(
-        k=k,
-        offset=offset,
-        filter=parse_filter(filter),
-        target=target,  # type: ignore[arg-type]  # checked by the model
-        collection=collection,
-        normalization=normalization,  # type: ignore[arg-type]
-    )
+    with reading("the search options"):
+        return ImageOptions(
+            k=k,
+            offset=offset,
+            filter=filter_from_json(filter),
+            target=target,  # type: ignore[arg-type]  # checked by the model
+            collection=collection,
+            normalization=normalization,  # type: ignore[arg-type]
+        )
 
 
 CollectionField = Annotated[str | None, Form(description="the collection to search; empty: the default")]
@@ -134,7 +125,7 @@ CollectionField = Annotated[str | None, Form(description="the collection to sear
 # --- search ---
 
 
-@api.post("/search/text", response_model=SearchResponse, responses=ERRORS)
+@api.post("/search/text", response_model=SearchResponse, responses=ERRORS, max_body_size=MAX_QUERY_BODY_BYTES)
 async def search_text(body: TextQuery, core: Core) -> SearchResponse:
     """Images (or captions) closest to a text query."""
     return await core.search_text(body)
@@ -152,7 +143,9 @@ async def search_text_get(
 ) -> SearchResponse:
     """The same as POST, for links and curl."""
     options = form_options(k, offset, filter, target, collection).options()
-    return await core.search_text(TextQuery(**options.model_dump(), query=q))
+    with reading():
+        query = TextQuery(**options.model_dump(), query=q)
+    return await core.search_text(query)
 
 
 @api.post("/search/image", response_model=SearchResponse, responses=ERRORS)
@@ -195,7 +188,9 @@ async def search_sketch(
 @api.post("/search/mixed", response_model=SearchResponse, responses=ERRORS)
 async def search_mixed(body: MixedQueryBody, core: Core) -> SearchResponse:
     """Weighted text/image/sketch parts combined into one query (negative weights steer away)."""
-    return await core.search_mixed(body.query())
+    with reading():
+        query = body.query()
+    return await core.search_mixed(query)
 
 
 @api.post("/classify", response_model=ClassifyResponse, responses=ERRORS)
@@ -211,11 +206,17 @@ async def classify(
 ) -> ClassifyResponse:
     """Zero-shot classification: probabilities over the candidate labels."""
     data = await read_upload(request, file)
-    if len(labels) == 1 and "," in labels[0]:
-        labels = labels[0].split(",")
-    query = ClassifyQuery(
-        kind=kind, labels=labels, templates=templates or [], temperature=temperature, collection=collection
-    )
+    with reading():
+        if len(labels) == 1 and "," in labels[0]:
+            labels = labels[0].split(",", MAX_LABELS_READ)
+        check_count(len(labels), MAX_LABELS_READ, "labels")
+        query = ClassifyQuery(
+            kind=kind,
+            labels=labels,
+            templates=templates or [],
+            temperature=temperature,
+            collection=collection,
+        )
     return await core.classify(data, query)
 
 

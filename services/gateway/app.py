@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,14 +15,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipsearch.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id, valid_request_id
 from services.gateway.api import api, media, probes
 from services.gateway.deps import API_KEY_HEADER, build_core
-from services.gateway.errors import GatewayError, status_of
+from services.gateway.errors import GatewayError, Overloaded, status_of
+from services.gateway.http_limits import BodyLimits, ShedMiddleware
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.schemas import request_error
+from services.gateway.schemas import MAX_QUERY_BODY_BYTES, request_error
 from services.gateway.search import SearchCore
 from services.gateway.settings import GatewaySettings
 
@@ -31,6 +34,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 FORM_OVERHEAD_BYTES = 64 * 1024
 # Whole-body cap: one upload in a form, or a mixed query's base64 parts (each capped again after decoding).
 BODY_UPLOADS = 2
+# Form fields other than the file: candidate labels may come one per field.
+MAX_FORM_FIELDS = 1_024
+MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
 def create_app(settings: GatewaySettings | None = None, core: SearchCore | None = None) -> FastAPI:
@@ -48,11 +54,13 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             if owned:
                 await app.state.core.close()
 
+    max_body_bytes = BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     app = FastAPI(
         title="clipsearch gateway",
         summary="Search an image collection by text, image or sketch with a CLIP model.",
         version="1.0",
         lifespan=lifespan,
+        form_limits={"max_files": 1, "max_fields": MAX_FORM_FIELDS, "max_part_size": MAX_FORM_FIELD_BYTES},
     )
     app.state.settings = settings
     app.state.metrics = core.metrics if core is not None else GatewayMetrics()
@@ -79,16 +87,21 @@ def create_app(settings: GatewaySettings | None = None, core: SearchCore | None 
             expose_headers=[REQUEST_ID_HEADER],
         )
     app.add_middleware(
-        GuardMiddleware,
-        metrics=app.state.metrics,
-        max_body_bytes=BODY_UPLOADS * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        BodyLimits,
+        default_bytes=max_body_bytes,
+        path_bytes={f"{api.prefix}/search/text": MAX_QUERY_BODY_BYTES},
+        max_json_values=settings.max_json_values,
     )
+    # While the admission is full, queries are refused before their bodies are read: a refusal costs little.
+    app.add_middleware(ShedMiddleware, prefixes=(f"{api.prefix}/search/", f"{api.prefix}/classify"))
+    app.add_middleware(GuardMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, even a 413 or 500, carries it
     return app
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http)
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if isinstance(exc, Overloaded) else None
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc).http, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
@@ -97,13 +110,12 @@ async def _validation_error(request: Request, exc: RequestValidationError | Vali
 
 
 class GuardMiddleware:
-    """Rejects oversized bodies early, records metrics, and turns unexpected exceptions
-    into a JSON 500 without a traceback (logged here instead)."""
+    """Records metrics, and turns unexpected exceptions into a JSON 500 without a traceback
+    (logged here instead). A client that goes away mid-request is no error of ours."""
 
-    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,13 +130,9 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            length = _content_length(scope)
-            if length is not None and length > self.max_body_bytes:
-                await _send_json(
-                    tracking_send, 413, f"request body is {length} bytes; the limit is {self.max_body_bytes}"
-                )
-            else:
-                await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            status["code"] = 499  # nginx's "client closed request", for the metrics only
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not status["sent"]:
@@ -172,14 +180,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
-
-
-def _content_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:

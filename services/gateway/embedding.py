@@ -20,11 +20,12 @@ from clipsearch.encoder_client import (
     EncoderClient,
     EncoderInputError,
     EncoderModelNotFound,
+    EncoderOverloaded,
     EncoderUnavailable,
     ImageNormalization,
 )
 from clipsearch.v1 import encoder_pb2
-from services.gateway.errors import QueryError, Unavailable
+from services.gateway.errors import Overloaded, QueryError, Unavailable
 from services.gateway.facts import Facts
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.query_cache import QueryCache
@@ -140,6 +141,8 @@ class QueryEmbedder:
                 )
         except EncoderInputError as exc:
             raise QueryError(f"the encoder cannot use this {kind}: {exc}") from None
+        except EncoderOverloaded as exc:  # the encoder refused at once: shed, as the gateway would
+            raise Overloaded(f"the encoder is over capacity: {exc}", exc.retry_after_s) from None
         except EncoderModelNotFound as exc:
             self._models.clear()
             raise Unavailable(f"the encoder no longer serves model {model.name}: {exc}") from None
@@ -170,6 +173,9 @@ class QueryEmbedder:
                 max_in_flight=max(self.settings.encoder_calls_in_flight, 1),
                 isolate=lambda exc: isinstance(exc, EncoderInputError),
                 on_batch=self.metrics.encoder_call_texts.observe,
+                # Bounded by the gateway's admission already; this keeps the batcher bounded on its own.
+                max_queued_items=max(self.settings.max_in_flight, self.settings.encoder_texts_per_call),
+                retry_after_s=self.settings.retry_after_s,
             )
         batcher.start()  # idempotent; needs the running loop
         return batcher

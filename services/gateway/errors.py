@@ -39,6 +39,45 @@ class Unavailable(GatewayError):
     """A dependency (encoder, store, collection) is down or not ready; retry later."""
 
 
+class Overloaded(Unavailable):
+    """More work than the gateway or the encoder takes now; refused at once, retry after a moment."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(GatewayError):
+    """The caller's deadline (gRPC) passed before the query could be answered."""
+
+
+# Refusals by the HTTP server itself, before a request reaches the application (http_limits.py).
+
+
+class HttpLimitError(GatewayError):
+    pass
+
+
+class MalformedHttp(HttpLimitError):
+    """Not HTTP/1.1 the parser can read."""
+
+
+class UriTooLong(HttpLimitError):
+    pass
+
+
+class HeadersTooLarge(HttpLimitError):
+    pass
+
+
+class RequestTimeout(HttpLimitError):
+    """The client sent its request too slowly."""
+
+
+class TooManyConnections(HttpLimitError):
+    pass
+
+
 class VersionGone(Unavailable):
     """The collection version a query was resolved to was dropped (a newer one replaced it)."""
 
@@ -57,6 +96,14 @@ STATUSES: dict[type[BaseException], Status] = {
     Unauthorized: Status(401, grpc.StatusCode.UNAUTHENTICATED),
     NotFound: Status(404, grpc.StatusCode.NOT_FOUND),
     Unavailable: Status(503, grpc.StatusCode.UNAVAILABLE),
+    Overloaded: Status(503, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    DeadlineExceeded: Status(504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    # HTTP only (the gRPC server has its own framing limits); the codes are their nearest kin.
+    MalformedHttp: Status(400, grpc.StatusCode.INVALID_ARGUMENT),
+    UriTooLong: Status(414, grpc.StatusCode.INVALID_ARGUMENT),
+    HeadersTooLarge: Status(431, grpc.StatusCode.INVALID_ARGUMENT),
+    RequestTimeout: Status(408, grpc.StatusCode.DEADLINE_EXCEEDED),
+    TooManyConnections: Status(503, grpc.StatusCode.RESOURCE_EXHAUSTED),
 }
 INTERNAL = Status(500, grpc.StatusCode.INTERNAL)
 

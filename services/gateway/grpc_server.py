@@ -14,16 +14,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from clipsearch.grpc_guard import DecodeGuard
 from clipsearch.grpc_request_id import RequestIdInterceptor
+from clipsearch.overload import follow_deadline, pushback_metadata
 from clipsearch.v1 import search_pb2, search_pb2_grpc
 from services.gateway.deps import API_KEY_HEADER, key_matches
-from services.gateway.errors import GatewayError, QueryError, status_of
+from services.gateway.errors import GatewayError, Overloaded, QueryError, status_of
 from services.gateway.schemas import (
+    MAX_LABELS_READ,
+    MAX_PARTS,
+    MAX_TEMPLATES,
     ClassifyQuery,
     ImageOptions,
     MixedQuery,
@@ -33,6 +38,9 @@ from services.gateway.schemas import (
     SearchResponse,
     Target,
     TextQuery,
+    check_count,
+    filter_from_struct,
+    reading,
     request_error,
 )
 from services.gateway.search import SearchCore
@@ -66,6 +74,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     ) -> T:
         started = time.perf_counter()
         outcome = "OK"
+        follow_deadline(context)  # the encoder call and the queues give it no more time than it has
         try:
             try:
                 return await call()
@@ -74,7 +83,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         except GatewayError as exc:
             code = status_of(exc).grpc
             outcome = code.name
-            await context.abort(code, str(exc))
+            trailers = pushback_metadata(exc.retry_after_s) if isinstance(exc, Overloaded) else ()
+            await context.abort(code, str(exc), trailers)
         except Exception:
             outcome = "INTERNAL"
             log.exception("unhandled error in %s", operation)
@@ -87,7 +97,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.TextQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            query = TextQuery(**_options(request.options).model_dump(), query=request.query)
+            with reading():
+                query = TextQuery(**_options(request.options).model_dump(), query=request.query)
             return _search_reply(await self.core.search_text(query))
 
         return await self._answer("SearchText", context, run)
@@ -117,8 +128,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.MixedQuery, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
         async def run() -> search_pb2.SearchResponse:
-            parts = [_part(part, position) for position, part in enumerate(request.parts)]
-            query = MixedQuery(**_options(request.options).model_dump(), parts=parts)
+            with reading():
+                check_count(len(request.parts), MAX_PARTS, "parts in a mixed query")
+                parts = [_part(part, position) for position, part in enumerate(request.parts)]
+                query = MixedQuery(**_options(request.options).model_dump(), parts=parts)
             return _search_reply(await self.core.search_mixed(query))
 
         return await self._answer("SearchMixed", context, run)
@@ -130,13 +143,16 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             which = request.WhichOneof("content")
             if which is None:
                 raise QueryError("give an image or a sketch")
-            query = ClassifyQuery(
-                kind="image" if which == "image" else "sketch",
-                labels=list(request.labels),
-                templates=list(request.templates),
-                temperature=request.temperature or None,
-                collection=request.collection,
-            )
+            with reading():
+                check_count(len(request.labels), MAX_LABELS_READ, "labels")
+                check_count(len(request.templates), MAX_TEMPLATES, "templates")
+                query = ClassifyQuery(
+                    kind="image" if which == "image" else "sketch",
+                    labels=list(request.labels),
+                    templates=list(request.templates),
+                    temperature=request.temperature or None,
+                    collection=request.collection,
+                )
             result = await self.core.classify(request.image if which == "image" else request.sketch, query)
             return search_pb2.ClassifyResponse(
                 scores=[
@@ -198,19 +214,15 @@ def _options(options: search_pb2.QueryOptions) -> SearchOptions:
     target = TARGETS.get(options.target)
     if target is None:
         raise QueryError(f"unknown target {options.target}")
-    query_filter: dict[str, Any] | None = None
-    if options.HasField("filter"):
-        try:
-            query_filter = json_format.MessageToDict(options.filter)
-        except ValueError:  # NaN or infinity in a Struct number
-            raise QueryError("filter values must be finite numbers, strings or lists of them") from None
-    return SearchOptions(
-        k=options.k or DEFAULT_K,
-        offset=options.offset,
-        filter=query_filter,
-        target=target,
-        collection=options.collection,
-    )
+    with reading("the search options"):
+        query_filter = filter_from_struct(options.filter) if options.HasField("filter") else None
+        return SearchOptions(
+            k=options.k or DEFAULT_K,
+            offset=options.offset,
+            filter=query_filter,
+            target=target,
+            collection=options.collection,
+        )
 
 
 def _part(part: search_pb2.QueryPart, position: int) -> QueryPart:
@@ -259,6 +271,14 @@ class GrpcGateway:
         interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(issue=True)]
         if settings.api_key:
             interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
+        # Innermost: a caller without the key is refused as such, whatever bytes it sent.
+        interceptors.append(
+            DecodeGuard(
+                lambda method: core.metrics.observe(
+                    "grpc", method.rsplit("/", 1)[-1], "INVALID_ARGUMENT", 0.0
+                )
+            )
+        )
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

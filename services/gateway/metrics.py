@@ -49,6 +49,12 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )
+        self.shed = Counter(
+            "shed",
+            "Queries refused at once for lack of capacity (503 / RESOURCE_EXHAUSTED)",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.dependency_errors = Counter(
             "dependency_errors",
             "Encoder or store failures seen while answering",

@@ -9,20 +9,42 @@ at all (a missing field, a word where a number belongs) is a `MalformedRequest`
 
 Limits that are settings (`max_k`, `max_labels`, ...) are checked by the search core
 against `QueryLimits`; limits that are properties of the API are checked here.
+
+Whatever goes wrong while a request is read is the caller's error, never a 500: every
+request model derives from `RequestModel`, which turns an unexpected exception inside
+its validation into a refused value, and code that builds models from a transport's
+own types (query strings, form fields, protobuf messages) runs inside `reading()`.
+Sizes are checked before the work they bound: a filter's JSON text or Struct by its
+bytes before it is parsed, repeated fields by their count before they are copied.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator, model_validator
+from google.protobuf import json_format, struct_pb2
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from clipsearch.store import FilterError, validate_filter
 from services.gateway.errors import GatewayError, MalformedRequest, PayloadTooLarge, QueryError
+
+log = logging.getLogger(__name__)
 
 Target = Literal["images", "captions"]
 PartKind = Literal["text", "image", "sketch"]
@@ -37,11 +59,83 @@ MAX_COLLECTION_NAME = 255
 # Cosine similarities divided by a smaller temperature overflow the softmax (NaN probabilities).
 MIN_TEMPERATURE = 1e-4
 BAD_VALUE = "bad_value"
+# A JSON text query (a query of MAX_QUERY_CHARS, escaped, and its options) fits in this.
+MAX_QUERY_BODY_BYTES = 64 * 1024
+# A filter's JSON text (query parameter, form field) or protobuf Struct is refused past this many
+# bytes before it is parsed: the same room as in a JSON text query's body, however it is sent.
+MAX_FILTER_BYTES = MAX_QUERY_BODY_BYTES
+# Labels read from a request at all (the `max_labels` setting, at most this, applies after).
+MAX_LABELS_READ = 1_000
 
 
 def bad_value(message: str) -> PydanticCustomError:
     """A validation failure that is the caller's choice of value (HTTP 400), not a malformed request."""
     return PydanticCustomError(BAD_VALUE, "{reason}", {"reason": message})
+
+
+class RequestModel(BaseModel):
+    """Base of every request model: an unexpected exception while validating one (a check
+    that did not foresee some input) is the caller's refused value, not a server error."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _caller_input(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(data)
+        except (ValidationError, PydanticCustomError, ValueError, AssertionError):
+            raise  # pydantic's own ways of refusing a value
+        except Exception as exc:
+            log.warning("%s: refused input that raised %s: %s", cls.__name__, type(exc).__name__, exc)
+            raise bad_value(f"the request could not be read ({type(exc).__name__})") from None
+
+
+@contextmanager
+def reading(what: str = "the request") -> Iterator[None]:
+    """Around code that turns what a transport delivered into request models: an unexpected
+    exception is a malformed request (HTTP 422, INVALID_ARGUMENT)."""
+    try:
+        yield
+    except (GatewayError, ValidationError):
+        raise
+    except Exception as exc:
+        log.warning("refused %s: reading it raised %s: %s", what, type(exc).__name__, exc)
+        raise MalformedRequest(f"{what} could not be read ({type(exc).__name__})") from None
+
+
+def check_count(count: int, limit: int, what: str) -> None:
+    """Refuse a repeated field before it is copied out of the request."""
+    if count > limit:
+        raise QueryError(f"at most {limit} {what}, got {count}")
+
+
+def filter_from_json(raw: str | None) -> dict[str, Any] | None:
+    """A filter given as a JSON string (form fields and query strings); empty: none."""
+    if raw is None or not raw.strip():
+        return None
+    if len(raw) > MAX_FILTER_BYTES:  # characters: at least as many bytes
+        raise QueryError(f"the filter is {len(raw)} characters; the limit is {MAX_FILTER_BYTES}")
+    try:
+        parsed = json.loads(raw)
+    # RecursionError: "[[[[..." nested too deep.
+    except (json.JSONDecodeError, RecursionError):
+        raise QueryError('filter must be a JSON object, e.g. {"label": 7}') from None
+    except ValueError:  # an integer of more digits than Python converts (4,300): never a 64-bit one
+        raise QueryError("filter holds an integer of thousands of digits; values are 64-bit") from None
+    if not isinstance(parsed, dict):
+        raise QueryError('filter must be a JSON object, e.g. {"label": 7}')
+    return parsed
+
+
+def filter_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A filter given as a protobuf Struct (gRPC)."""
+    size = struct.ByteSize()
+    if size > MAX_FILTER_BYTES:
+        raise QueryError(f"the filter is {size} bytes; the limit is {MAX_FILTER_BYTES}")
+    try:
+        found: dict[str, Any] = json_format.MessageToDict(struct)
+    except ValueError:  # NaN or infinity in a Struct number
+        raise QueryError("filter values must be finite numbers, strings or lists of them") from None
+    return found
 
 
 def check_text(text: str, what: str) -> str:
@@ -83,7 +177,7 @@ CollectionName = Annotated[str | None, BeforeValidator(_collection_name)]
 Filter = Annotated[dict[str, Any] | None, BeforeValidator(_checked_filter)]
 
 
-class SearchOptions(BaseModel):
+class SearchOptions(RequestModel):
     k: int = Field(default=10, description="number of hits")
     offset: int = Field(default=0, description="hits to skip (paging)")
     filter: Filter = Field(default=None, description='payload filter, e.g. {"label": 7} or {"label": [1, 7]}')
@@ -141,7 +235,7 @@ class TextQuery(SearchOptions):
     query: QueryText = Field(description="what to look for, e.g. 'a handwritten seven'")
 
 
-class QueryPart(BaseModel):
+class QueryPart(RequestModel):
     """One part of a mixed query: a text, or the bytes of an image or a sketch."""
 
     kind: PartKind
@@ -206,7 +300,7 @@ def _checked_labels(labels: list[str]) -> list[str]:
     return clean
 
 
-class ClassifyQuery(BaseModel):
+class ClassifyQuery(RequestModel):
     """Zero-shot classification of one image or sketch against candidate labels."""
 
     kind: Literal["image", "sketch"] = "image"

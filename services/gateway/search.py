@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from clipsearch import overload
+from clipsearch.overload import Admission
 from clipsearch.store import FILTERABLE_FIELDS, CollectionInfo, SearchHit
 from clipsearch.v1 import encoder_pb2
 from services.gateway.collections import Collection, Collections
 from services.gateway.embedding import QueryEmbedder
-from services.gateway.errors import QueryError, Unavailable, VersionGone
+from services.gateway.errors import DeadlineExceeded, Overloaded, QueryError, Unavailable, VersionGone
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.schemas import (
     ClassifyQuery,
@@ -85,6 +88,14 @@ class SearchCore:
             max_labels=settings.max_labels,
             max_upload_bytes=settings.max_upload_bytes,
         )
+        # Queries past capacity are refused at once rather than queued (clipsearch.overload).
+        self.admission = Admission(
+            max_in_flight=settings.max_in_flight,
+            max_queued=settings.max_queued,
+            max_wait_s=settings.max_queue_wait_s,
+            retry_after_s=settings.retry_after_s,
+            what="gateway queries",
+        )
 
     async def close(self) -> None:
         await self.embedder.close()
@@ -137,14 +148,15 @@ class SearchCore:
         started = time.perf_counter()
         self.limits.check_upload(data, query.kind)
         self.limits.check_labels(query.labels)
-        collection = await self.collections.get(query.collection)
-        info = await collection.info()
-        model = await self.embedder.model(info.fingerprint, _built_by(info))
-        templates = query.templates or _templates(info)
-        temperature = query.temperature or (1.0 / model.logit_scale if model.logit_scale > 0 else 0.01)
-        prompts = [template.format(label) for label in query.labels for template in templates]
-        text_vectors = await self.embedder.embed_texts_batched(model, prompts)
-        image_vector = (await self.embedder.embed(model, query.kind, [data])).vectors[0]
+        async with self._admitted():
+            collection = await self.collections.get(query.collection)
+            info = await collection.info()
+            model = await self.embedder.model(info.fingerprint, _built_by(info))
+            templates = query.templates or _templates(info)
+            temperature = query.temperature or (1.0 / model.logit_scale if model.logit_scale > 0 else 0.01)
+            prompts = [template.format(label) for label in query.labels for template in templates]
+            text_vectors = await self.embedder.embed_texts_batched(model, prompts)
+            image_vector = (await self.embedder.embed(model, query.kind, [data])).vectors[0]
         per_label = text_vectors.reshape(len(query.labels), len(templates), -1).mean(axis=1)
         per_label /= np.maximum(np.linalg.norm(per_label, axis=1, keepdims=True), 1e-12)
         # float64, so any finite temperature gives finite logits.
@@ -178,6 +190,8 @@ class SearchCore:
         try:
             collection = await self.collections.get()
             info = await collection.info(refresh=True)
+            # The live version opens here (another process may hold it: the embedded store).
+            await collection.call(lambda store: store.count(info.name))
             model = await self.embedder.model(info.fingerprint, _built_by(info))
             status.model, status.fingerprint = model.model_name, model.fingerprint
         except Unavailable as exc:
@@ -233,6 +247,18 @@ class SearchCore:
 
     # --- internals ---
 
+    @asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A slot for one query; refusals for capacity or a passed deadline as gateway errors."""
+        try:
+            async with self.admission.slot():
+                yield
+        except overload.Overloaded as exc:
+            self.metrics.shed.inc()
+            raise Overloaded(str(exc), exc.retry_after_s) from None
+        except overload.DeadlineExpired as exc:
+            raise DeadlineExceeded(str(exc)) from None
+
     async def _target(self, options: SearchOptions) -> Target:
         """The collection to search with its live version and the model that built it."""
         self.limits.check_options(options)
@@ -248,23 +274,24 @@ class SearchCore:
         """Embed with the model of the version searched; when that version is dropped in between (a
         new model's version replaced it), start again once on the new one."""
         started = time.perf_counter()
-        for attempt in (1, 2):
-            target = await self._target(options)
-            vector, normalization = await embed(target)
-            try:
-                found = await target.collection.search(target.info, vector, options)
-            except VersionGone:
-                target.collection.forget()
-                if attempt == 2:
-                    raise
-                continue
-            return SearchResponse(
-                hits=[self._hit(hit) for hit in found],
-                took_ms=_elapsed_ms(started),
-                model=target.model.model_name,
-                collection=target.collection.name,
-                normalization=normalization,
-            )
+        async with self._admitted():
+            for attempt in (1, 2):
+                target = await self._target(options)
+                vector, normalization = await embed(target)
+                try:
+                    found = await target.collection.search(target.info, vector, options)
+                except VersionGone:
+                    target.collection.forget()
+                    if attempt == 2:
+                        raise
+                    continue
+                return SearchResponse(
+                    hits=[self._hit(hit) for hit in found],
+                    took_ms=_elapsed_ms(started),
+                    model=target.model.model_name,
+                    collection=target.collection.name,
+                    normalization=normalization,
+                )
         raise AssertionError("unreachable")
 
     async def _describe(self, name: str) -> CollectionOut:

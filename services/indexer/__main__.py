@@ -20,11 +20,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m services.inde
 
 
 def index(settings: IndexerSettings) -> int:
-    from .job import USER_ERRORS, run_index  # once the settings are good: --help answers at once
+    from .job import (  # once the settings are good: --help answers at once
+        USER_ERRORS,
+        run_index,
+        run_rollback,
+    )
 
     # One id for the run: its log lines and its encoder calls name it.
     token = REQUEST_ID.set(f"index-{new_request_id()}")
     try:
+        if settings.rollback:
+            print(asyncio.run(run_rollback(settings)).summary())
+            return 0
         report = asyncio.run(run_index(settings))
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None

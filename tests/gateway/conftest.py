@@ -5,25 +5,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
 
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.media import MediaStore
+from clipsearch.processes import free_port
 from clipsearch.store import IMAGE_VECTOR, Point, open_store
 from services.gateway.app import create_app
 from services.gateway.search import MEDIA_KEY_FIELD
 from services.gateway.settings import GatewaySettings
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTION = "digits"
 # Strokes of crude digits on a 28x28 grid: enough for distinct images per label.
@@ -79,11 +85,16 @@ async def _embed(target: str, images: list[bytes], model: str) -> tuple[np.ndarr
         return vectors, info.fingerprint, info.model_name
 
 
-def embed_in_thread(target: str, images: list[bytes], model: str = "") -> tuple[np.ndarray, str, str]:
-    """(vectors, fingerprint, model name) from the real encoder; callable inside a running event
-    loop (async tests), since it runs its own in a worker thread."""
+def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The coroutine run to its end in a worker thread's own event loop: callable inside a running
+    event loop (async tests) as well as outside one."""
     with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        return worker.submit(asyncio.run, _embed(target, images, model)).result()
+        return worker.submit(asyncio.run, coroutine).result()
+
+
+def embed_in_thread(target: str, images: list[bytes], model: str = "") -> tuple[np.ndarray, str, str]:
+    """(vectors, fingerprint, model name) from the real encoder (see run_in_thread)."""
+    return run_in_thread(_embed(target, images, model))
 
 
 def build_index(
@@ -168,6 +179,26 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+@contextmanager
+def serve_http(app: FastAPI) -> Iterator[str]:
+    """The app behind uvicorn on a loopback port, in a background thread: its base URL
+    ("http://127.0.0.1:PORT"), for clients that need real HTTP (a browser, another event loop)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

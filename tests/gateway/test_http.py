@@ -460,8 +460,9 @@ async def test_encoder_down_is_503_and_recovers_without_restart(
 
 
 async def test_store_held_elsewhere_is_503_and_recovers(gateway: GatewayFactory, indexed: Indexed) -> None:
-    holder = open_store(None, indexed.store_path)  # the embedded store admits one client at a time
+    holder = open_store(None, indexed.store_path)
     try:
+        assert holder.collection_info(COLLECTION) is not None  # one process at a time per version
         async with gateway() as client:
             held = await client.post(f"{API}/search/text", json={"query": "seven"})
             not_ready = await client.get("/readyz")

@@ -67,7 +67,7 @@ def test_quality_run_on_the_tiny_model_prints_the_table_and_saves_the_sheets(
     )  # fmt: skip
     assert asyncio.run(quality.run(args)) == 0
     output = capsys.readouterr().out
-    table = output[output.index("precision@10") :].splitlines()
+    table = output[output.index("precision@10 through the HTTP API") :].splitlines()
     assert table[1].split() == ["digit", "name", "numeral", "free-form", "sketch"]
     assert [row.split()[0] for row in table[2:13]] == [*map(str, range(10)), "overall"]
     assert "60 indexed" in output

@@ -168,3 +168,119 @@ ODD_TEXTS: dict[str, str] = {
     "long": "seven " * 400,
     "huge": "x" * 200_000,
 }
+
+
+def _ico_holding(png: bytes) -> bytes:
+    """An ICO whose one entry declares 256x256 but holds `png` (of any size)."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def _icns_holding(png: bytes) -> bytes:
+    entry = b"ic10" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
+
+
+def _gif_frame_over_screen(width: int, height: int) -> bytes:
+    """A GIF whose screen is 10x10 and whose first frame claims `width`x`height`."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0, 0, 0)
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0x80) + bytes(6)
+    return screen + frame + b"\x02\x02\x4c\x01\x00\x3b"
+
+
+def _apng_with_huge_second_frame() -> bytes:
+    """A small APNG whose second frame's control chunk claims 20000x20000 (never decoded)."""
+    data = animated("PNG")
+    marker = data.index(b"fcTL", data.index(b"fcTL") + 4)  # the second frame's control chunk
+    body = bytearray(data[marker + 4 : marker + 4 + 26])
+    body[4:12] = struct.pack(">II", 20000, 20000)
+    chunk = b"fcTL" + bytes(body)
+    start = marker - 4  # length field
+    return (
+        data[:start]
+        + struct.pack(">I", 26)
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + data[marker + 34 :]
+    )
+
+
+def _png_text_bomb(chunks: int = 80) -> bytes:
+    """A 1x1 PNG with `chunks` zTXt chunks of 1 MB of text each (a few KB compressed)."""
+    image = encode(Image.new("L", (1, 1)), "PNG")
+    text = zlib.compress(b"x" * (1024 * 1024), 9)
+    ztxt = b"".join(_chunk(b"zTXt", b"k%d\x00\x00" % i + text) for i in range(chunks))
+    end = image.index(b"IDAT") - 4
+    return image[:end] + ztxt + image[end:]
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A JPEG whose SOF header claims `width`x`height` (its data is a 16x16 image's)."""
+    data = bytearray(encode(Image.new("L", (16, 16), 128), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@cache
+def containers() -> dict[str, bytes]:
+    """Containers and headers that hold (or claim) more than they announce; all must be refused
+    quickly, or decoded as their small first frame, without decoding anything large."""
+    small = digit()
+    big_page = Image.new("L", (6000, 6000), 0)
+    tiff, mpo = io.BytesIO(), io.BytesIO()
+    small.save(tiff, "TIFF", save_all=True, append_images=[big_page], compression="tiff_deflate")
+    small.save(mpo, "MPO", save_all=True, append_images=[big_page.convert("RGB")])
+    return {
+        "ico holding a 9400x9400 png": _ico_holding(real_bomb_png(9400, 9400)),
+        "ico holding a small png": _ico_holding(valid_images()["png"]),
+        "icns holding a 9400x9400 png": _icns_holding(real_bomb_png(9400, 9400)),
+        "gif frame 20000x20000 on a 10x10 screen": _gif_frame_over_screen(20000, 20000),
+        "gif frame 7000x7000 on a 10x10 screen": _gif_frame_over_screen(7000, 7000),
+        "tiff with a 6000x6000 second page": tiff.getvalue(),
+        "mpo with a 6000x6000 second image": mpo.getvalue(),
+        "apng whose second frame claims 20000x20000": _apng_with_huge_second_frame(),
+        "png with 80 MB of zTXt": _png_text_bomb(),
+        "jpeg claiming 65000x65000": _jpeg_claiming(65000, 65000),
+        "jpeg claiming 9000x9000": _jpeg_claiming(9000, 9000),
+        "png 8000x8000 (64 MP, 1-bit)": real_bomb_png(8000, 8000),
+        "png 4500x4500 rgb (20 MP)": encode(Image.new("RGB", (4500, 4500), (9, 9, 9)), "PNG"),
+        "psd": b"8BPS\x00\x01" + bytes(6) + struct.pack(">HIIHH", 3, 20000, 20000, 8, 3) + bytes(64),
+        "tga": struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, 20000, 20000, 24, 0) + bytes(64),
+        "qoi": b"qoif" + struct.pack(">II", 20000, 20000) + b"\x04\x00" + bytes(16),
+    }
+
+
+# Strings no check foresaw: halves of surrogate pairs, noncharacters, controls, marks, widths,
+# case mappings that change length, digits of other scripts, the largest code point.
+UNICODE_EDGES: dict[str, str] = {
+    "lone high surrogate": "\ud800",
+    "lone low surrogate": "\udfff",
+    "surrogate inside text": "test\ud83dtest",
+    "reversed pair": "\ude00\ud83d",
+    "nul": "\x00",
+    "bom": "\ufeff",
+    "noncharacters": "\ufffe\uffff\U0010ffff",
+    "replacement character": "\ufffd",
+    "controls": "\x01\x1b[2J\x7f\x85",
+    "bidi override": "\u202etset\u202c",
+    "combining pile": "t" + "\u0301" * 2000,
+    "zwj emoji": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "fullwidth digits": "\uff17",
+    "arabic-indic digits": "\u0667",
+    "dotted capital i": "\u0130" * 50,
+    "sharp s": "\u00df" * 50,
+    "line separators": "a\u2028b\u2029c",
+    "private use": "\ue000\U000f0000",
+    "tags": "\U000e0074\U000e0065\U000e0073\U000e0074",
+    "long": "\u4e03" * 5000,
+}
+
+
+def utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -70,15 +70,21 @@ def send(
     return reply
 
 
-def post_json(client: TestClient, path: str, value: Any) -> int:
+def post_json(client: TestClient, path: str, value: Any, surface: str = "http") -> int:
+    headers = {"content-type": "application/json"}
     return send(
-        client, "POST", API + path, content=json_body(value), headers={"content-type": "application/json"}
+        client, "POST", API + path, content=json_body(value), headers=headers, surface=surface
     ).status_code
 
 
-def post_form(client: TestClient, path: str, fields: list[tuple[str, bytes, str | None, str | None]]) -> int:
+def post_form(
+    client: TestClient,
+    path: str,
+    fields: list[tuple[str, bytes, str | None, str | None]],
+    surface: str = "http",
+) -> int:
     body, headers = multipart(fields)
-    return send(client, "POST", API + path, content=body, headers=headers).status_code
+    return send(client, "POST", API + path, content=body, headers=headers, surface=surface).status_code
 
 
 def upload(data: bytes, content_type: str = "image/png") -> tuple[str, bytes, str | None, str | None]:

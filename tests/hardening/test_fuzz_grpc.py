@@ -2,56 +2,34 @@
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
 from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from tests.hardening import raw_protobuf
 from tests.hardening.bad_inputs import (
     ODD_TEXTS,
     SERVICE_FUZZ,
+    UNICODE_EDGES,
     broken_images,
+    containers,
     mangled_images,
     odd_but_valid_images,
+    utf8_encodable,
     valid_images,
 )
+from tests.hardening.grpc_fuzz import ALLOWED, CALL_TIMEOUT_S, call
+from tests.hardening.stalls import GoodClient, grpc_good_call
 from tests.hardening.tally import TALLY
 
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 PNG = valid_images()["png"]
-CALL_TIMEOUT_S = 30.0
-
-
-def call(method: Callable[..., Any], request: Message, surface: str) -> grpc.StatusCode:
-    """One call; fail on INTERNAL/UNKNOWN (or any other non-answer); tally it by its wire bytes."""
-    name = getattr(method, "_method", b"?")
-    TALLY_KEY = bytes(name) + b"\n" + request.SerializeToString(deterministic=True)
-    try:
-        reply = method(request, timeout=CALL_TIMEOUT_S)
-        code = grpc.StatusCode.OK
-        check_reply(reply)
-    except grpc.RpcError as exc:
-        code = exc.code()
-        details = exc.details() or ""
-        assert code in ALLOWED, f"{code.name}: {details[:300]} for {name!r} {str(request)[:300]}"
-        assert details.strip(), f"INVALID_ARGUMENT without a message for {str(request)[:300]}"
-        assert "Traceback" not in details
-    TALLY.record(surface, TALLY_KEY, code.name)
-    return code
-
-
-def check_reply(reply: Message) -> None:
-    if isinstance(reply, search_pb2.ClassifyResponse):
-        assert all(math.isfinite(score.probability) for score in reply.scores), str(reply)[:300]
-    if isinstance(reply, encoder_pb2.EmbedResponse):
-        assert all(math.isfinite(v) for e in reply.embeddings for v in e.values)
 
 
 def texts() -> Iterator[str]:
@@ -70,7 +48,12 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return found
 
 
-ALL_IMAGES = [*broken_images().values(), *mangled_images().values(), *odd_but_valid_images().values()]
+ALL_IMAGES = [
+    *broken_images().values(),
+    *mangled_images().values(),
+    *odd_but_valid_images().values(),
+    *containers().values(),
+]
 
 
 # --- encoder ---
@@ -104,6 +87,21 @@ def test_encoder_texts(encoder_stub: encoder_pb2_grpc.EncoderStub) -> None:
         encoder_pb2.EmbedTextRequest(texts=["x" * 2_000_000]),
     ]:
         call(encoder_stub.EmbedText, request, "grpc-encoder")
+
+
+def test_huge_texts_are_refused_by_length_without_stalling_the_encoder(
+    encoder_stub: encoder_pb2_grpc.EncoderStub,
+) -> None:
+    """Issue 17, #3: one 8 MB text was tokenized whole on the event loop (4-7 s stall, +1 GB)."""
+    info = grpc_good_call(lambda: encoder_stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=60))
+    with GoodClient(info, "huge texts to the encoder") as report:
+        for size in (8 * 1024 * 1024, 4 * 1024 * 1024, 100_000):
+            for text in ("x" * size, "seven " * (size // 6), "\u4e03" * (size // 3)):
+                request = encoder_pb2.EmbedTextRequest(texts=["seven", text])
+                assert (
+                    call(encoder_stub.EmbedText, request, "grpc-encoder") == grpc.StatusCode.INVALID_ARGUMENT
+                )
+    assert report.server_errors == 0, report.line()
 
 
 @SERVICE_FUZZ
@@ -223,6 +221,118 @@ def test_search_any_query(
     call(search_stub.SearchText, search_pb2.TextQuery(query=text, options=options), "grpc-search")
     part = search_pb2.QueryPart(text=text, weight=weight)
     call(search_stub.SearchMixed, search_pb2.MixedQuery(parts=[part], options=options), "grpc-search")
+
+
+# --- raw protobuf bytes (issue 17, #7: UNKNOWN and an ERROR traceback on both services) ---
+
+
+def raw_call(channel: grpc.Channel, method: str, payload: bytes, surface: str) -> grpc.StatusCode:
+    """Send `payload` as the request's wire bytes (no serialiser), check the answer, tally it."""
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        call(payload, timeout=CALL_TIMEOUT_S)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = exc.details() or ""
+        assert code in ALLOWED, f"{code.name}: {details[:300]} for {method} {payload[:80]!r}"
+        assert details.strip(), f"no message for {method} {payload[:80]!r}"
+    TALLY.record(surface, method.encode() + b"\n" + payload, code.name)
+    return code
+
+
+def channels(encoder_target: str, search_port: int) -> dict[str, tuple[grpc.Channel, str]]:
+    return {
+        "/clipsearch.v1.Encoder/": (grpc.insecure_channel(encoder_target), "grpc-raw"),
+        "/clipsearch.v1.Search/": (grpc.insecure_channel(f"127.0.0.1:{search_port}"), "grpc-raw"),
+    }
+
+
+def test_raw_bytes_that_do_not_decode_are_invalid_argument(
+    encoder_target: str, search_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    routes = channels(encoder_target, search_port)
+    refused = 0
+    for method, valid in raw_protobuf.valid_requests().items():
+        channel, surface = next(route for prefix, route in routes.items() if method.startswith(prefix))
+        assert raw_call(channel, method, valid, surface) in ALLOWED
+        for payload in raw_protobuf.bad_utf8_requests(method) + raw_protobuf.structural(method):
+            refused += raw_call(channel, method, payload, surface) == grpc.StatusCode.INVALID_ARGUMENT
+    for channel, _ in routes.values():
+        channel.close()
+    assert refused > 100
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert not errors, [record.getMessage()[:200] for record in errors[:5]]
+    assert any("does not decode" in record.getMessage() for record in caplog.records)
+
+
+def test_a_stream_batch_that_does_not_decode_ends_the_stream_invalid_argument(
+    encoder_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    good = encoder_pb2.ImageBatch(items=[encoder_pb2.ImageItem(id="a", data=PNG)]).SerializeToString()
+    with grpc.insecure_channel(encoder_target) as channel:
+        stream = channel.stream_stream(
+            "/clipsearch.v1.Encoder/StreamEmbedImages", request_serializer=None, response_deserializer=None
+        )
+        for bad in (raw_protobuf.field_bytes(1, raw_protobuf.field_bytes(1, b"\xff")), b"\xff" * 8):
+            replies = stream(iter([good, bad, good]), timeout=CALL_TIMEOUT_S)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(replies)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            TALLY.record("grpc-raw", b"stream\n" + bad, refused.value.code().name)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert not errors, [record.getMessage()[:200] for record in errors[:5]]
+
+
+@SERVICE_FUZZ
+@given(payload=st.binary(max_size=200), which=st.integers(0, 7))
+def test_any_bytes(encoder_target: str, search_port: int, payload: bytes, which: int) -> None:
+    method = sorted(raw_protobuf.valid_requests())[which]
+    target = encoder_target if ".Encoder/" in method else f"127.0.0.1:{search_port}"
+    with grpc.insecure_channel(target) as channel:
+        raw_call(channel, method, payload, "grpc-raw")
+
+
+FILTER_FIELDS = ["split", "label", "style", "group", "subgroup"]
+
+
+@pytest.mark.parametrize("name", sorted(name for name, edge in UNICODE_EDGES.items() if utf8_encodable(edge)))
+def test_unicode_edges_in_every_field(
+    search_stub: search_pb2_grpc.SearchStub, encoder_stub: encoder_pb2_grpc.EncoderStub, name: str
+) -> None:
+    """Strings protobuf can carry (it will not serialise a lone surrogate; invalid UTF-8 on the
+    wire is the raw-bytes family above)."""
+    edge = UNICODE_EDGES[name]
+    calls: list[tuple[Callable[..., Any], Any, str]] = [
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=[edge]), "grpc-unicode"),
+        (encoder_stub.EmbedText, encoder_pb2.EmbedTextRequest(texts=["seven"], model=edge), "grpc-unicode"),
+        (search_stub.SearchText, search_pb2.TextQuery(query=edge), "grpc-unicode"),
+        (
+            search_stub.SearchMixed,
+            search_pb2.MixedQuery(parts=[search_pb2.QueryPart(text=edge)]),
+            "grpc-unicode",
+        ),
+        (
+            search_stub.Classify,
+            search_pb2.ClassifyRequest(image=PNG, labels=[edge, "two"], templates=["a {} " + edge]),
+            "grpc-unicode",
+        ),
+    ]
+    options = search_pb2.QueryOptions(collection=edge)
+    calls.append(
+        (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-unicode")
+    )
+    calls.append((encoder_stub.GetModelInfo, encoder_pb2.GetModelInfoRequest(model=edge), "grpc-unicode"))
+    for key in [*FILTER_FIELDS, edge]:
+        for value in (edge, ["test", edge]):
+            options = search_pb2.QueryOptions(filter=struct({key: value}))
+            calls.append(
+                (search_stub.SearchText, search_pb2.TextQuery(query="seven", options=options), "grpc-unicode")
+            )
+    for method, request, surface in calls:
+        assert call(method, request, surface) in ALLOWED
 
 
 def test_services_still_answer_and_enough_inputs_were_tried(

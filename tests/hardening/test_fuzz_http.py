@@ -13,6 +13,7 @@ from tests.hardening.bad_inputs import (
     ODD_TEXTS,
     SERVICE_FUZZ,
     broken_images,
+    containers,
     mangled_images,
     odd_but_valid_images,
     valid_images,
@@ -82,7 +83,7 @@ def test_broken_uploads_are_refused(http: TestClient, path: str) -> None:
     extra = [("labels", b"one,two", None, None)] if path == "/classify" else []
     for data in broken_images().values():
         assert post_form(http, path, [upload(data), *extra]) in (400, 413)
-    for data in [*mangled_images().values(), *odd_but_valid_images().values()]:
+    for data in [*mangled_images().values(), *odd_but_valid_images().values(), *containers().values()]:
         post_form(http, path, [upload(data), *extra])
     assert_still_serving(http)
 
@@ -201,6 +202,35 @@ def test_malformed_filters(http: TestClient) -> None:
         post_json(http, "/search/text", {"query": "seven", "filter": spec})
         raw = json.dumps(spec, allow_nan=True)
         send(http, "GET", f"{API}/search/text?q=seven&filter={raw}")
+    assert_still_serving(http)
+
+
+def test_numbers_past_what_python_converts_are_refused(http: TestClient) -> None:
+    """Issue 17, #2: an integer of more than 4,300 digits in a filter (query parameter or form
+    field) was a 500; so were JSON bodies with one, anywhere a number goes."""
+    for digits in (4_300, 4_301, 20_000, 60_000):
+        number = "9" * digits
+        spec = f'{{"label": {number}}}'
+        assert send(http, "GET", f"{API}/search/text?q=seven&filter={spec}").status_code in (400, 422)
+        assert post_form(http, "/search/image", [upload(PNG), ("filter", spec.encode(), None, None)]) in (
+            400,
+            413,
+            422,
+        )
+        for body in (
+            f'{{"query": "seven", "filter": {spec}}}',
+            f'{{"query": "seven", "k": {number}}}',
+            f'{{"parts": [{{"text": "seven", "weight": {number}}}]}}',
+            f'{{"query": "seven", "k": 1e{number}}}',
+        ):
+            path = "/search/mixed" if "parts" in body else "/search/text"
+            reply = send(
+                http, "POST", API + path, content=body.encode(), headers={"content-type": "application/json"}
+            )
+            assert reply.status_code in (400, 413, 422), reply.text[:200]
+        for field in ("k", "offset"):
+            send(http, "GET", f"{API}/search/text?q=seven&{field}={number}")
+            post_form(http, "/search/image", [upload(PNG), (field, number.encode(), None, None)])
     assert_still_serving(http)
 
 

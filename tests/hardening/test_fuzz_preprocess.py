@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from clipsearch.image_limits import MAX_WORKING_SIDE, WORKING_SIDE
 from clipsearch.preprocess import ImageInputError, SketchNormalization, decode_image, decode_sketch
 from tests.hardening.bad_inputs import (
     broken_images,
+    containers,
     encode,
     mangled_images,
     odd_but_valid_images,
@@ -124,3 +127,40 @@ def test_the_first_frame_of_an_animation_is_used() -> None:
     first = decode_image(odd_but_valid_images()["animated gif"])
     alone = Image.open(io.BytesIO(odd_but_valid_images()["animated gif"])).convert("RGB")
     assert first.tobytes() == alone.tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(containers()))
+def test_containers_are_refused_or_give_their_small_first_frame(name: str) -> None:
+    """Issue 17, #4: an ICO holding a 9400x9400 PNG was decoded before the pixel cap was checked."""
+    data = containers()[name]
+    decodes_or_refuses(data)
+    with contextlib.suppress(ImageInputError):
+        image = decode_image(data)
+        assert image.width * image.height <= WORKING_SIDE * MAX_WORKING_SIDE, image.size
+
+
+def test_the_tokens_of_other_formats_are_refused() -> None:
+    for name in ("ico holding a small png", "psd", "tga", "qoi"):
+        with pytest.raises(ImageInputError, match="not a recognised image format"):
+            decode_image(containers()[name])
+
+
+def test_large_images_come_back_shrunk_and_upright() -> None:
+    photo = Image.new("RGB", (3000, 2000), "white")
+    ImageDraw.Draw(photo).rectangle((0, 0, 1500, 1000), fill="black")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    for image_format in ("JPEG", "PNG"):
+        options: dict[str, object] = {"exif": exif}
+        out = decode_image(encode(photo, image_format, **options))
+        assert min(out.size) >= WORKING_SIDE
+        assert out.height > out.width  # turned upright after shrinking
+        assert out.getpixel((out.width - 1, 0))[0] < 64  # the black quarter is top right once turned
+
+
+def test_sixteen_bit_images_are_scaled_to_eight() -> None:
+    sixteen = Image.new("I;16", (2000, 1200), 0)
+    ImageDraw.Draw(sixteen).rectangle((0, 0, 999, 1199), fill=65535)
+    out = decode_image(encode(sixteen, "PNG"))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((out.width - 1, 0)) == (0, 0, 0)

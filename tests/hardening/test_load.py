@@ -13,13 +13,16 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from clipsearch.batching import MicroBatcher, on_executor
 from clipsearch.processes import free_port, rss_kib
-from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc
+from clipsearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from services.encoder.server import serve_in_thread
 from services.encoder.settings import EncoderSettings
-from tests.gateway.conftest import build_index, digit_png
+from services.gateway.app import create_app
+from tests.gateway.conftest import Indexed, build_index, digit_png
+from tests.hardening.conftest import hardening_settings, search_server_in_thread
 from tests.processes import encoder_env, gateway_env, start
 
 SOAK_SECONDS = float(os.environ.get("CLIPSEARCH_SOAK_SECONDS", "60"))
@@ -94,8 +97,13 @@ async def test_short_deadlines_under_overload_end_promptly_and_their_work_is_dro
                 encoder_pb2.EmbedImagesRequest(images=request.images[:1]), timeout=10
             )
     codes = {code for code, _ in outcomes}
-    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
-    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
+    # Shed at once (RESOURCE_EXHAUSTED) or out of time (DEADLINE_EXCEEDED); never failed otherwise.
+    assert codes <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }, codes
+    assert codes & {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     slowest = max(seconds for _, seconds in outcomes)
     assert slowest < deadline_s + 2.0, f"a call outlived its deadline by {slowest - deadline_s:.2f} s"
     assert embedded < calls * per_call, "expired calls were embedded anyway"
@@ -103,6 +111,7 @@ async def test_short_deadlines_under_overload_end_promptly_and_their_work_is_dro
     print(
         f"\noverload: {calls} calls x {per_call} images, deadline {deadline_s * 1000:.0f} ms: "
         f"{sum(code == grpc.StatusCode.DEADLINE_EXCEEDED for code, _ in outcomes)} DEADLINE_EXCEEDED, "
+        f"{sum(code == grpc.StatusCode.RESOURCE_EXHAUSTED for code, _ in outcomes)} RESOURCE_EXHAUSTED, "
         f"slowest answer {slowest * 1000:.0f} ms, {int(embedded)}/{calls * per_call} images embedded"
     )
 
@@ -221,3 +230,105 @@ async def _soak(url: str, pids: dict[str, int]) -> SoakReport:
         await asyncio.gather(sample_memory(), *[client_loop(client, n) for n in range(SOAK_CLIENTS)])
     report.rss_end = {name: rss_kib(pid) for name, pid in pids.items()}
     return report
+
+
+async def test_the_encoder_sheds_what_it_cannot_queue_at_once_with_a_pushback(tiny_checkpoint: Path) -> None:
+    settings = EncoderSettings(
+        checkpoint=str(tiny_checkpoint),
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        max_batch_size=4,
+        max_queued_items=8,
+        retry_after_s=2.0,
+    )
+    with serve_in_thread(settings) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = encoder_pb2_grpc.EncoderStub(channel)
+
+            async def one(number: int) -> tuple[grpc.StatusCode, float, str | None]:
+                started = time.monotonic()
+                call = stub.EmbedText(
+                    encoder_pb2.EmbedTextRequest(texts=[f"query {number} {i}" for i in range(4)])
+                )
+                try:
+                    await call
+                    return grpc.StatusCode.OK, time.monotonic() - started, None
+                except grpc.aio.AioRpcError as exc:
+                    pushback = dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+                    return exc.code(), time.monotonic() - started, pushback
+
+            outcomes = await asyncio.gather(*[one(n) for n in range(200)])
+            after = await stub.EmbedText(encoder_pb2.EmbedTextRequest(texts=["seven"]), timeout=10)
+    shed = [outcome for outcome in outcomes if outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert {code for code, _, _ in outcomes} <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert shed, "200 calls at once into a queue of 8 items: some must be shed"
+    assert any(code == grpc.StatusCode.OK for code, _, _ in outcomes)
+    assert {pushback for _, _, pushback in shed} == {"2000"}
+    assert len(after.embeddings) == 1
+    print(
+        f"\nencoder shedding: {len(shed)}/{len(outcomes)} RESOURCE_EXHAUSTED "
+        f"(slowest refusal {max(seconds for _, seconds, _ in shed) * 1000:.0f} ms)"
+    )
+
+
+def test_the_gateway_sheds_over_http_and_grpc_with_retry_after(indexed: Indexed, encoder_target: str) -> None:
+    settings = hardening_settings(
+        indexed, encoder_target, max_in_flight=1, max_queued=1, max_queue_wait_s=0.0, query_cache_size=0
+    )
+    statuses: list[tuple[int, str | None]] = []
+    with TestClient(create_app(settings)) as http, ThreadPoolExecutor(16) as pool:
+
+        def search(number: int) -> tuple[int, str | None]:
+            reply = http.post("/api/v1/search/text", json={"query": f"a handwritten {number}", "k": 3})
+            return reply.status_code, reply.headers.get("retry-after")
+
+        statuses = list(pool.map(search, range(200)))
+    assert {status for status, _ in statuses} <= {200, 503}
+    assert (200, None) in statuses
+    assert {after for status, after in statuses if status == 503} <= {"1"}
+    grpc_settings = hardening_settings(
+        indexed,
+        encoder_target,
+        max_in_flight=1,
+        max_queued=0,
+        query_cache_size=0,
+        host="127.0.0.1",
+        grpc_port=0,
+    )
+    with search_server_in_thread(grpc_settings) as port:
+
+        async def searches() -> list[tuple[grpc.StatusCode, str | None]]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = search_pb2_grpc.SearchStub(channel)
+
+                async def one(number: int) -> tuple[grpc.StatusCode, str | None]:
+                    try:
+                        await stub.SearchText(search_pb2.TextQuery(query=f"digit {number}"), timeout=30)
+                        return grpc.StatusCode.OK, None
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code(), dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+
+                return await asyncio.gather(*[one(n) for n in range(100)])
+
+        codes = asyncio.run(searches())
+    assert {code for code, _ in codes} <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert (grpc.StatusCode.RESOURCE_EXHAUSTED, "1000") in codes
+    print(
+        f"\ngateway shedding: HTTP {sum(status == 503 for status, _ in statuses)}/200 503, "
+        f"gRPC {sum(code == grpc.StatusCode.RESOURCE_EXHAUSTED for code, _ in codes)}/100 RESOURCE_EXHAUSTED"
+    )
+
+
+def test_a_spent_grpc_deadline_is_deadline_exceeded_not_a_fault(search_port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{search_port}") as channel:
+        stub = search_pb2_grpc.SearchStub(channel)
+        codes = set()
+        for timeout in (0.001, 0.005, 0.02):
+            try:
+                stub.SearchText(search_pb2.TextQuery(query="a handwritten seven"), timeout=timeout)
+                codes.add(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.add(exc.code())
+        assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        assert len(stub.SearchText(search_pb2.TextQuery(query="seven"), timeout=30).hits) == 10

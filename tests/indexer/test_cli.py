@@ -43,6 +43,20 @@ def test_a_run_prints_a_summary(
     assert "collection holds 40 points" in out
 
 
+def test_rollback_is_a_flag_that_prints_what_it_did_or_why_not(
+    tmp_path: Path, mnist_files: Path, encoder_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(cli_args(tmp_path, encoder_target, "--rollback")) == 1
+    assert "no collection 'digits' to roll back" in capsys.readouterr().err
+    assert main(cli_args(tmp_path, encoder_target)) == 0
+    assert main(cli_args(tmp_path, encoder_target)) == 0  # the same model again: published, not gated
+    capsys.readouterr()
+    assert main(cli_args(tmp_path, encoder_target, "--rollback")) == 0
+    out = capsys.readouterr().out
+    assert "rolled back 'digits' from digits__v" in out
+    assert "--rollback again returns to" in out
+
+
 def test_a_missing_mnist_directory_is_a_clear_error(
     tmp_path: Path, encoder_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -64,9 +78,11 @@ def test_an_unreachable_encoder_is_a_clear_error(
 def test_a_locked_store_is_a_clear_error(
     tmp_path: Path, mnist_files: Path, encoder_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert main(cli_args(tmp_path, encoder_target)) == 0
     holder = open_store(None, tmp_path / "qdrant")
     try:
-        assert main(cli_args(tmp_path, encoder_target)) == 1
+        assert holder.collection_info("digits") is not None  # holds the live version, as a gateway does
+        assert main(cli_args(tmp_path, encoder_target, "--mode", "incremental")) == 1  # writes into it
     finally:
         holder.close()
     err = capsys.readouterr().err

@@ -96,3 +96,86 @@ def tiny_config(tmp_path: Path, data: DataConfig, **overrides: object) -> TrainC
     }
     settings.update(overrides)
     return TrainConfig.model_validate(settings)
+
+
+# --- a generated emoji-layout directory: emoji.csv and images/<style>/<id>.png -------------------
+
+EMOJI_CONCEPTS = [
+    # id, emoji, label, tags, group, subgroup, shape, colour
+    ("1F534", "🔴", "red circle", "circle|geometric|red", "symbols", "geometric", "circle", (220, 40, 40)),
+    ("1F7E6", "🟦", "blue square", "blue|geometric|square", "symbols", "geometric", "square", (40, 80, 220)),
+    (
+        "1F53A",
+        "🔺",
+        "red triangle",
+        "geometric|red|triangle",
+        "symbols",
+        "geometric",
+        "triangle",
+        (220, 40, 40),
+    ),
+    (
+        "1F7E2",
+        "🟢",
+        "green circle",
+        "circle|geometric|green",
+        "symbols",
+        "geometric",
+        "circle",
+        (40, 170, 60),
+    ),
+    ("2B50", "⭐", "star", "medium|star", "travel & places", "sky & weather", "cross", (240, 200, 30)),
+    (
+        "1F7E7",
+        "🟧",
+        "orange square",
+        "geometric|orange|square",
+        "symbols",
+        "geometric",
+        "square",
+        (240, 140, 30),
+    ),
+]
+EMOJI_HEADER = "id,emoji,label,tags,group,subgroup,label_de,label_es,label_fr,label_it,label_ja,label_pt,label_ru,label_zh"
+
+
+def emoji_picture(shape: str, colour: tuple[int, int, int], style: str, size: int = 64) -> Image.Image:
+    """A concept drawn in one of the four styles, on a transparent background like the real files."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    box = (10, 10, size - 10, size - 10)
+    line = style == "openmoji-line"
+    fill = None if line else (*(c // 2 if style == "twitter" else c for c in colour), 255)
+    outline = (0, 0, 0, 255) if style.startswith("openmoji") else None
+    width = 3 if style.startswith("openmoji") else 1
+    if shape == "circle":
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill, outline=outline, width=width)
+    elif shape == "triangle":
+        draw.polygon([(size // 2, 10), (size - 10, size - 10), (10, size - 10)], fill=fill, outline=outline)
+    else:
+        colour_or_ink = (0, 0, 0, 255) if line else fill
+        draw.line((10, size // 2, size - 10, size // 2), fill=colour_or_ink, width=8 if not line else 3)
+        draw.line((size // 2, 10, size // 2, size - 10), fill=colour_or_ink, width=8 if not line else 3)
+    return image
+
+
+def write_emoji_dir(root: Path, *, bad_row: bool = True) -> Path:
+    """A few concepts in the four styles, and an emoji.csv with one malformed row (line 4)."""
+    lines = [EMOJI_HEADER]
+    for number, (hexcode, char, label, tags, group, subgroup, shape, colour) in enumerate(EMOJI_CONCEPTS):
+        lines.append(",".join([hexcode, char, label, tags, group, subgroup, *[label] * 8]))
+        if bad_row and number == 1:
+            lines.append("1F7E5,🟥,red square")  # line 4: three fields where fourteen are expected
+        for style in ("google", "twitter", "openmoji", "openmoji-line"):
+            folder = root / "images" / style
+            folder.mkdir(parents=True, exist_ok=True)
+            emoji_picture(shape, colour, style).save(folder / f"{hexcode}.png")
+    (root / "emoji.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def emoji_dir(tmp_path: Path) -> Path:
+    return write_emoji_dir(tmp_path / "emoji")
