@@ -54,7 +54,9 @@ def mnist_pngs(directory: Path, limit: int | None) -> list[bytes]:
     return pngs
 
 
-async def encoder_only(target: str, pngs: list[bytes], batch_size: int, concurrency: int) -> float:
+async def encoder_only(
+    target: str, pngs: list[bytes], batch_size: int, concurrency: int, *, deadline_s: float = 120
+) -> float:
     """Images/s through StreamEmbedImages, keeping the vectors and nothing else."""
     ranges = batch_ranges(len(pngs), batch_size)
     kept: list[np.ndarray] = []
@@ -69,7 +71,7 @@ async def encoder_only(target: str, pngs: list[bytes], batch_size: int, concurre
     async with EncoderClient(target) as client:
         info = await client.model_info()
         embedder = StreamEmbedder(
-            client, fingerprint=info.fingerprint, concurrency=concurrency, deadline_s=120, retries=0
+            client, fingerprint=info.fingerprint, concurrency=concurrency, deadline_s=deadline_s, retries=0
         )
         started = time.perf_counter()
         await embedder.run(len(ranges), load, handle)

@@ -36,13 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from bench.augmented import AugmentedMnist, generated_source
+from bench.indexer import encoder_only
 from bench.stack import TRAINED, free_port, start_encoder, wait_encoder
-from clipsearch.encoder_client import EncoderClient
-from clipsearch.v1 import encoder_pb2
-from services.indexer.pipeline import StreamBatch, StreamEmbedder, batch_ranges
 
 PROGRESS = re.compile(r"indexing \w+: (\d+)/(\d+)")
 SAMPLE_S = 2.0
@@ -143,24 +139,7 @@ def child(argv: Sequence[str]) -> int:
 
 async def encoder_alone(target: str, pngs: list[bytes], batch_size: int, concurrency: int) -> float:
     """Images/s through StreamEmbedImages with PNGs made beforehand, vectors kept."""
-    ranges = batch_ranges(len(pngs), batch_size)
-    kept: list[np.ndarray] = []
-
-    async def load(number: int) -> StreamBatch:
-        span = ranges[number]
-        return StreamBatch(number, [str(i) for i in span], [pngs[i] for i in span])
-
-    async def handle(batch: StreamBatch, reply: encoder_pb2.ImageBatchResult) -> None:
-        kept.append(np.asarray([list(r.embedding.values) for r in reply.results], dtype=np.float32))
-
-    async with EncoderClient(target) as client:
-        info = await client.model_info()
-        embedder = StreamEmbedder(
-            client, fingerprint=info.fingerprint, concurrency=concurrency, deadline_s=300, retries=0
-        )
-        started = time.perf_counter()
-        await embedder.run(len(ranges), load, handle)
-        return len(pngs) / (time.perf_counter() - started)
+    return await encoder_only(target, pngs, batch_size, concurrency, deadline_s=300)
 
 
 def rates(run: Run) -> str:
