@@ -104,8 +104,12 @@ Send = Callable[[str | bytes], Awaitable[str]]  # a query (a text, or an image's
 
 
 class HttpTarget:
-    def __init__(self, port: int) -> None:
+    """Queries over HTTP: texts to /search/text, images as one `part` of a mixed query ("image", or
+    "sketch" for the sketch path)."""
+
+    def __init__(self, port: int, part: str = "image") -> None:
         self.port = port
+        self.part = part
         self.free: asyncio.Queue[KeepAliveConnection] = asyncio.Queue()
         self.stack = contextlib.AsyncExitStack()
 
@@ -123,7 +127,7 @@ class HttpTarget:
         connection = await self.free.get()
         if isinstance(query, bytes):
             path = "/api/v1/search/mixed"
-            body: dict[str, object] = {"parts": [{"image": base64.b64encode(query).decode()}], "k": 10}
+            body: dict[str, object] = {"parts": [{self.part: base64.b64encode(query).decode()}], "k": 10}
         else:
             path, body = "/api/v1/search/text", {"query": query, "k": 10}
         try:
