@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.http_load import post_politely
 from bench.stack import TRAINED
 
 K = 10
@@ -234,8 +235,8 @@ class GatewaySearch:
             data = {"k": str(K), "normalization": mode}
             if self.collection:
                 data["collection"] = self.collection
-            reply = await self.http.post(
-                "/api/v1/search/image", files={"file": ("query.png", png, "image/png")}, data=data
+            reply = await post_politely(
+                self.http, "/api/v1/search/image", files={"file": ("query.png", png, "image/png")}, data=data
             )
             if reply.status_code != 200:
                 raise SystemExit(f"/api/v1/search/image answered {reply.status_code}: {reply.text[:300]}")

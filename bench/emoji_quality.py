@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench.http_load import post_politely
 from clipsearch.datasets import DatasetError, read_emoji
 from training.emoji_queries import FREE_FORM_QUERIES
 from training.emoji_sketches import drawn_sketches
@@ -59,7 +60,7 @@ class Ranks:
 def text_queries(collection: str) -> list[Query]:
     def send(text: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
         body = {"query": text, "k": 10, "collection": collection}
-        return lambda http: http.post("/api/v1/search/text", json=body)
+        return lambda http: post_politely(http, "/api/v1/search/text", json=body)
 
     return [Query(text, frozenset(ok), send(text)) for text, ok in FREE_FORM_QUERIES.items()]
 
@@ -68,7 +69,7 @@ def upload(
     path: str, data: bytes, collection: str
 ) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
     form = {"k": "10", "collection": collection}
-    return lambda http: http.post(path, files={"file": ("query.png", data, "image/png")}, data=form)
+    return lambda http: post_politely(http, path, files={"file": ("query.png", data, "image/png")}, data=form)
 
 
 def drawing_queries(collection: str) -> list[Query]:

@@ -64,3 +64,14 @@ class KeepAliveConnection:
                 closes = value.strip().lower() == "close"
         reply = await self._reader.readexactly(length)
         return int(status_line.split(" ", 2)[1]), reply, closes
+
+
+async def post_politely(http: Any, path: str, *, tries: int = 20, **kwargs: Any) -> Any:
+    """POST with an httpx.AsyncClient, as a polite client does: a refusal for load (503 or 429)
+    is retried after the Retry-After it names (1 s when none), up to `tries` times."""
+    for _ in range(tries - 1):
+        reply = await http.post(path, **kwargs)
+        if reply.status_code not in (429, 503):
+            return reply
+        await asyncio.sleep(float(reply.headers.get("retry-after", "1")))
+    return await http.post(path, **kwargs)
