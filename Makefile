@@ -1,5 +1,5 @@
 # clipsearch: the targets the README names.
-#   make demo   train the compact model if needed, index MNIST, serve (http://localhost:8080)
+#   make demo   serve MNIST and emoji search (first models within minutes, final ones trained behind them), http://localhost:8080
 #   make test   lint, type-check and run the whole test suite (CI), printing the 15 slowest tests
 #   make test-fast   the tests not marked slow (no lint)
 SHELL := /bin/bash
