@@ -133,7 +133,15 @@ class HttpTarget:
         try:
             status, _, closes = await connection.post_json_status(path, body)
         except (OSError, asyncio.IncompleteReadError):
-            status, closes = 0, True
+            # A kept-alive connection the server closed while it was idle: as HTTP clients do, send
+            # the request again on a new one (once).
+            with contextlib.suppress(OSError):
+                await connection.__aexit__()
+            connection = await self.stack.enter_async_context(KeepAliveConnection("127.0.0.1", self.port))
+            try:
+                status, _, closes = await connection.post_json_status(path, body)
+            except (OSError, asyncio.IncompleteReadError):
+                status, closes = 0, True
         if closes:  # refused at the connection limit: open another for the next query
             connection = await self.stack.enter_async_context(KeepAliveConnection("127.0.0.1", self.port))
         self.free.put_nowait(connection)

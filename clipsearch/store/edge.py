@@ -124,6 +124,9 @@ class EdgeTuning:
             quantization="int8",
             vectors_memory="cold",
             segment_points=LARGE_SEGMENT_POINTS,
+            # A filter matching under 10 MB of a segment's vectors is scanned; above, it stays on the
+            # graph: a scan reads the original vectors, which are on disk here.
+            full_scan_threshold_kb=10_000,
         )
 
     def edge_config(self, dim: int, vector_names: Sequence[str]) -> qe.EdgeConfig:
