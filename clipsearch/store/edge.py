@@ -68,7 +68,7 @@ _HELD_ELSEWHERE = "WouldBlock"
 # From this size on a collection gets the large-collection settings (EdgeTuning.for_size): a single
 # full-precision segment's build grows with the collection (about 1 GB at 200k points).
 LARGE_COLLECTION = 500_000
-LARGE_SEGMENT_POINTS = 250_000
+LARGE_SEGMENT_POINTS = 125_000
 
 
 @dataclass(frozen=True)
