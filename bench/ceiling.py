@@ -47,19 +47,12 @@ from bench.stack import (
     wait_encoder,
     wait_gateway,
 )
-from clipsearch.processes import Service, free_port
+from clipsearch.processes import Service, cpu_seconds, free_port
 
 P99_TARGET_MS = 100.0
 ANSWERED_SHARE = 0.99
 FRACTIONS = (0.4, 0.6, 0.8, 0.9, 1.0)
 COLLECTION = "scale"  # bench.indexer_scale's
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def distinct(kind: str) -> Iterator[str | bytes]:

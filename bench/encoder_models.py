@@ -41,7 +41,7 @@ import numpy as np
 from bench.domain import mnist_pngs
 from bench.stack import TRAINED
 from clipsearch.encoder_client import EncoderClient
-from clipsearch.processes import Service, free_port, start
+from clipsearch.processes import Service, cpu_seconds, free_port, start
 
 TEXTS = [
     "seven",
@@ -85,12 +85,6 @@ def proc_memory_kb(pid: int) -> dict[str, int]:
             if line.startswith("Pss:"):
                 values["Pss"] = int(line.split()[1])
     return values
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def environment(port: int, threads: int, onnx_cache: Path) -> dict[str, str]:
@@ -192,11 +186,11 @@ async def throughput(
                     else:
                         await client.embed_images([images[i % len(images)]], model=name)
 
-            cpu_before = sum(proc_cpu_s(pid) for pid in running.pids)
+            cpu_before = sum(cpu_seconds(pid) for pid in running.pids)
             began = time.perf_counter()
             await asyncio.gather(*(caller(n) for n in range(callers)))
             elapsed = time.perf_counter() - began
-            cpu = sum(proc_cpu_s(pid) for pid in running.pids) - cpu_before
+            cpu = sum(cpu_seconds(pid) for pid in running.pids) - cpu_before
             result[kind] = (items / elapsed, cpu / items * 1000)
         return result
     finally:

@@ -35,6 +35,7 @@ from PIL import Image
 from bench.stack import free_port
 from clipsearch.datasets import load_mnist
 from clipsearch.encoder_client import EncoderClient
+from clipsearch.processes import cpu_seconds
 from clipsearch.v1 import encoder_pb2
 from services.indexer.job import run_index
 from services.indexer.pipeline import StreamBatch, StreamEmbedder, batch_ranges
@@ -102,15 +103,6 @@ async def indexer(
     return report.count / (time.perf_counter() - started), report.count
 
 
-def cpu_s(pid: int | None = None) -> float:
-    """CPU seconds (user + system) used so far by this process, or by `pid` (Linux /proc)."""
-    if pid is None:
-        times = os.times()
-        return times.user + times.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds of this process and of the encoder process over a block of work."""
 
@@ -119,10 +111,10 @@ class CpuMeter:
 
     @contextlib.contextmanager
     def measure(self, into: dict[str, float]) -> Iterator[None]:
-        own, encoder = cpu_s(), cpu_s(self.encoder_pid) if self.encoder_pid else 0.0
+        own, encoder = cpu_seconds(), cpu_seconds(self.encoder_pid) if self.encoder_pid else 0.0
         yield
-        into["client"] = cpu_s() - own
-        into["encoder"] = cpu_s(self.encoder_pid) - encoder if self.encoder_pid else float("nan")
+        into["client"] = cpu_seconds() - own
+        into["encoder"] = cpu_seconds(self.encoder_pid) - encoder if self.encoder_pid else float("nan")
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench.augmented import CHUNK, Embedded, cached_embeddings, ensure_embeddings, text_queries
+from clipsearch.processes import cpu_seconds
 from clipsearch.store import IMAGE_VECTOR, Point, VectorStore, open_store
 from clipsearch.store.edge import EdgeStore, EdgeTuning
 
@@ -273,7 +274,7 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
     embedded = Embedded(Path(spec["directory"]), [Path(f) for f in spec["files"]], spec["count"], spec["dim"])
     labels = np.load(spec["labels"])
     store = EdgeStore(spec["root"], tuning=EdgeTuning(**spec["tuning"]))
-    started, started_cpu = time.perf_counter(), _cpu_s()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
     name = store.create_version(
         ALIAS, dim=embedded.dim, fingerprint="bench", vector_names=[IMAGE_VECTOR], source="bench"
     )
@@ -291,7 +292,7 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
                 for i in range(start, stop)
             ],
         )
-    loaded, loaded_cpu, loaded_peak = time.perf_counter(), _cpu_s(), _status_kib()["VmHWM"]
+    loaded, loaded_cpu, loaded_peak = time.perf_counter(), cpu_seconds(), _status_kib()["VmHWM"]
     store.finish_version(ALIAS, name, keep=1)
     indexed = time.perf_counter()
     store.close()
@@ -299,18 +300,11 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
         "load_s": loaded - started,
         "index_s": indexed - loaded,
         "load_cpu_s": loaded_cpu - started_cpu,
-        "index_cpu_s": _cpu_s() - loaded_cpu,
+        "index_cpu_s": cpu_seconds() - loaded_cpu,
         "load_peak_kib": loaded_peak,
         "peak_rss_kib": _status_kib()["VmHWM"],
         "disk_bytes": _disk_bytes(Path(spec["root"])),
     }
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process, every thread (user + system): on a machine shared with other
-    jobs, wall time depends on them and CPU time much less."""
-    times = os.times()
-    return times.user + times.system
 
 
 def child_serve(spec: dict[str, Any]) -> dict[str, Any]:

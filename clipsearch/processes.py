@@ -68,6 +68,16 @@ def http_ready(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds used so far by a process (every thread), or by this one (Linux
+    /proc). On a shared machine wall time depends on other jobs, CPU time much less."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of a process (VmRSS in /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
