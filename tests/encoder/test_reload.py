@@ -1,6 +1,6 @@
 """The encoder picks up new and changed checkpoints while it serves, without a restart: a models
 directory and ENCODER_MODELS entries, watched on loopback with real checkpoints written the way the
-trainer writes them (training/state.py write_dir_atomically) and the ways it does not."""
+trainer writes them (clipsearch.checkpoint_files.write_dir_atomically) and the ways it does not."""
 
 from __future__ import annotations
 
@@ -13,18 +13,13 @@ import numpy as np
 import pytest
 
 from clipsearch.checkpoint import WEIGHTS, weights_fingerprint
+from clipsearch.checkpoint_files import copy_checkpoint
 from clipsearch.encoder_client import EncoderClient, EncoderModelNotFound
 from services.encoder.server import EncoderServer, serve_in_thread
 from services.encoder.settings import EncoderSettings
-from training.state import write_dir_atomically
 
 POLL_S = 0.1
 WAIT_S = 60.0  # a bound on a wait that should take a few polls, not an expectation
-
-
-def copy_atomically(checkpoint: Path, target: Path) -> None:
-    """As the trainer saves: fill a hidden staging directory, then rename it into place."""
-    write_dir_atomically(target, lambda staging: shutil.copytree(checkpoint, staging, dirs_exist_ok=True))
 
 
 def copy_all_but_half_the_weights(checkpoint: Path, target: Path) -> bytes:
@@ -57,7 +52,7 @@ async def served(client: EncoderClient) -> dict[str, list[str]]:
 @pytest.fixture
 def models_dir(tmp_path: Path, tiny_checkpoint: Path) -> Path:
     directory = tmp_path / "models"
-    copy_atomically(tiny_checkpoint, directory / "digits")
+    copy_checkpoint(tiny_checkpoint, directory / "digits")
     return directory
 
 
@@ -93,7 +88,7 @@ async def test_a_new_model_directory_is_served_while_the_others_keep_answering(
                 await asyncio.sleep(0.01)
 
         load = asyncio.create_task(steady())
-        copy_atomically(other_tiny_checkpoint, models_dir / "letters")
+        copy_checkpoint(other_tiny_checkpoint, models_dir / "letters")
 
         async def letters_served() -> bool:
             return "letters" in await served(client)
@@ -122,7 +117,7 @@ async def test_a_replaced_checkpoint_takes_the_name_and_the_old_weights_stay_by_
     old, new = weights_fingerprint(tiny_checkpoint), weights_fingerprint(other_tiny_checkpoint)
     async with EncoderClient(f"127.0.0.1:{watching.port}") as client:
         old_vector = await client.embed_texts(["three"], model=old)
-        copy_atomically(other_tiny_checkpoint, models_dir / "digits")
+        copy_checkpoint(other_tiny_checkpoint, models_dir / "digits")
 
         async def replaced() -> bool:
             return (await client.model_info("digits")).fingerprint == new
@@ -139,7 +134,7 @@ async def test_a_replaced_checkpoint_takes_the_name_and_the_old_weights_stay_by_
         shutil.copytree(tiny_checkpoint, third)
         weights = (third / WEIGHTS).read_bytes()
         (third / WEIGHTS).write_bytes(weights[:-4] + bytes(4))  # other weights, same layout
-        copy_atomically(third, models_dir / "digits")
+        copy_checkpoint(third, models_dir / "digits")
         newest = weights_fingerprint(third)
 
         async def replaced_again() -> bool:
@@ -179,7 +174,7 @@ async def test_an_encoder_models_entry_is_reloaded_when_its_directory_changes(
     tmp_path: Path, tiny_checkpoint: Path, other_tiny_checkpoint: Path
 ) -> None:
     directory = tmp_path / "mnist"
-    copy_atomically(tiny_checkpoint, directory)
+    copy_checkpoint(tiny_checkpoint, directory)
     settings = EncoderSettings(
         models=f"mnist={directory}",
         host="127.0.0.1",
@@ -192,7 +187,7 @@ async def test_an_encoder_models_entry_is_reloaded_when_its_directory_changes(
     with serve_in_thread(settings) as server:
         async with EncoderClient(f"127.0.0.1:{server.port}") as client:
             assert (await client.model_info()).fingerprint == weights_fingerprint(tiny_checkpoint)
-            copy_atomically(other_tiny_checkpoint, directory)
+            copy_checkpoint(other_tiny_checkpoint, directory)
             new = weights_fingerprint(other_tiny_checkpoint)
 
             async def reloaded() -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from clipsearch.checkpoint import weights_fingerprint
+from clipsearch.checkpoint_files import copy_checkpoint
 from clipsearch.encoder_client import EncoderClient
 from clipsearch.store import VectorStore
 from services.encoder.server import EncoderServer, serve_in_thread
@@ -29,7 +30,7 @@ from services.gateway.settings import GatewaySettings
 from services.indexer.job import run_index, run_rollback
 from services.indexer.settings import IndexerSettings
 from tests.conftest import EmojiModels
-from tests.encoder.test_reload import copy_atomically, eventually
+from tests.encoder.test_reload import eventually
 from tests.gateway.conftest import serve_http
 
 API = "/api/v1"
@@ -75,7 +76,7 @@ def stack(tmp_path: Path, emoji_models: EmojiModels, emoji_layout: Path) -> Iter
     """The untrained model serves "emoji" from a models directory; its version is indexed and
     published; the gateway serves it over HTTP."""
     models_dir = tmp_path / "models"
-    copy_atomically(emoji_models.worse, models_dir / "emoji")
+    copy_checkpoint(emoji_models.worse, models_dir / "emoji")
     encoder_settings = EncoderSettings(
         models_dir=models_dir,
         host="127.0.0.1",
@@ -213,7 +214,7 @@ async def test_an_upgrade_under_load_loses_no_request_and_never_mixes_models(
 
         # Training wrote a better checkpoint: the encoder picks it up and serves it as "emoji",
         # the old weights still served by fingerprint for the live version.
-        copy_atomically(emoji_models.better, stack.models_dir / "emoji")
+        copy_checkpoint(emoji_models.better, stack.models_dir / "emoji")
         async with EncoderClient(stack.target) as encoder:
 
             async def new_model_served() -> bool:

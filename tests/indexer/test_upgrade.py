@@ -243,10 +243,10 @@ async def test_the_indexer_waits_for_the_encoder_to_pick_up_a_new_checkpoint(
     make_settings: MakeSettings, emoji_layout: Path, emoji_models: EmojiModels, tmp_path: Path
 ) -> None:
     """The demo's upgrade step: name the new checkpoint's fingerprint and wait until it is served."""
-    from tests.encoder.test_reload import copy_atomically
+    from clipsearch.checkpoint_files import copy_checkpoint
 
     models_dir = tmp_path / "models"
-    copy_atomically(emoji_models.worse, models_dir / "emoji")
+    copy_checkpoint(emoji_models.worse, models_dir / "emoji")
     settings = EncoderSettings(
         models_dir=models_dir, host="127.0.0.1", port=0, metrics_port=0, text_runtime="torch", reload_s=0.1
     )
@@ -258,7 +258,7 @@ async def test_the_indexer_waits_for_the_encoder_to_pick_up_a_new_checkpoint(
         with pytest.raises(IndexerError, match="cannot embed with model"):
             await run_index(make_settings(model=wanted, **common))
         waiting = asyncio.create_task(run_index(make_settings(model=wanted, model_wait_s=120, **common)))
-        copy_atomically(emoji_models.better, models_dir / "emoji")
+        copy_checkpoint(emoji_models.better, models_dir / "emoji")
         report = await waiting
     assert report.fingerprint == wanted
     assert report.published
